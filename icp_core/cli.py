@@ -1,0 +1,470 @@
+"""The `icp` command. The only place that sets up progress bars, logging and exit codes.
+
+Every stage command brings the stages before it up to date first (like make), so
+`icp order --order original` on a fresh workspace embeds, searches and dedups as needed.
+Options not given keep the value stored in the workspace (its settings), else the default.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from icp_core.errors import IcpError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="In-context pretraining: order related documents into LLM pretraining contexts.",
+    pretty_exceptions_enable=False,
+)
+
+WorkspaceOpt = Annotated[
+    Path, typer.Option("--workspace", "-w", help="DuckDB workspace file (created if missing).")
+]
+WaitOpt = Annotated[
+    float, typer.Option("--wait", help="Seconds to wait while another process holds the workspace.")
+]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Re-run the stage even if up to date.")]
+TextFieldOpt = Annotated[str | None, typer.Option(help="Field holding the text [text].")]
+IdFieldOpt = Annotated[str | None, typer.Option(help="Field holding the id [id; else file:line].")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(help="Local sentence-transformers folder [packaged all-MiniLM-L6-v2]."),
+]
+MaxTokensOpt = Annotated[int | None, typer.Option(help="Embed the first N tokens [model limit].")]
+BatchOpt = Annotated[int | None, typer.Option(help="Texts per embedding batch [64].")]
+DeviceOpt = Annotated[str | None, typer.Option(help="auto, cpu, cuda, cuda:1 ... [auto].")]
+VectorsOpt = Annotated[
+    Path | None,
+    typer.Option(help="Import embeddings: Parquet (id + vector) or .npy in ingest order."),
+]
+KOpt = Annotated[int | None, typer.Option("--k", help="Neighbours per document [10].")]
+IndexOpt = Annotated[str | None, typer.Option(help="auto, flat, ivf or hnsw [auto].")]
+ThresholdOpt = Annotated[
+    float | None, typer.Option(help="Cosine at or above which documents are duplicates [0.95].")
+]
+NoDedupOpt = Annotated[bool, typer.Option("--no-dedup", help="Keep near-duplicates.")]
+OrderOpt = Annotated[str | None, typer.Option("--order", help="Ordering method [icp].")]
+SeedOpt = Annotated[int | None, typer.Option(help="Seed for random choices [0].")]
+LengthOpt = Annotated[int | None, typer.Option(help="Tokens per context [8192].")]
+TokenizerOpt = Annotated[
+    str | None, typer.Option(help="Local tokenizer.json of your LM [the embedding model's].")
+]
+SeparatorOpt = Annotated[str | None, typer.Option(help="Separator token [the tokenizer's EOS].")]
+PackOpt = Annotated[str | None, typer.Option("--pack", help="split or whole [split].")]
+ShuffleOpt = Annotated[
+    bool | None, typer.Option("--shuffle/--no-shuffle", help="Shuffle contexts [shuffle].")
+]
+LabelOpt = Annotated[
+    str | None, typer.Option(help="Field for label_agreement [label, when present].")
+]
+
+
+def _progress_factory():
+    from tqdm.auto import tqdm
+
+    bars: dict[str, Any] = {}
+
+    def factory(stage: str):
+        def report(done: int, total: int) -> None:
+            bar = bars.get(stage)
+            if bar is None:
+                unit = "doc" if stage in ("embed", "knn", "ingest") else "item"
+                bar = bars[stage] = tqdm(
+                    total=total,
+                    desc=stage,
+                    unit=unit,
+                    file=sys.stderr,
+                    leave=False,
+                    mininterval=0.5,
+                    dynamic_ncols=True,
+                )
+            bar.total = total
+            bar.update(done - bar.n)
+            if done >= total:
+                bar.close()
+
+        return report
+
+    return factory
+
+
+def _open(workspace: Path, wait: float = 0.0, read_only: bool = False):
+    from icp_core.workspace import Workspace
+
+    return Workspace(workspace, read_only=read_only, wait_s=wait)
+
+
+def _params(ws, **given: Any):
+    """Workspace settings overlaid with the options given on this command line."""
+    from icp_core.params import Params
+
+    params = Params.from_dict(ws.load_settings())
+    changes = {key: value for key, value in given.items() if value is not None}
+    for key in ("vectors", "tokenizer", "model"):
+        if isinstance(changes.get(key), Path):
+            changes[key] = str(changes[key])
+    if "model" in changes:
+        changes.setdefault("vectors", None)  # choosing a model stops using imported vectors
+    return params.updated(**changes).validate()
+
+
+def _echo_outcomes(outcomes) -> None:
+    for outcome in outcomes:
+        shown = {k: v for k, v in outcome.counts.items() if not isinstance(v, dict | list)}
+        summary = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
+        typer.echo(
+            f"{outcome.stage:8s} {outcome.status:7s} {outcome.seconds:6.1f}s  {summary}", err=True
+        )
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _run_until(ws, params, until: str, force: bool) -> list:
+    from icp_core import pipeline
+
+    outcomes = pipeline.run(
+        ws, params, until=until, force=(until,) if force else False, progress=_progress_factory()
+    )
+    _echo_outcomes(outcomes)
+    return outcomes
+
+
+@app.command()
+def ingest(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="JSONL(.gz), Parquet, CSV, .txt/.md or folders.")
+    ],
+    workspace: WorkspaceOpt,
+    text_field: TextFieldOpt = None,
+    id_field: IdFieldOpt = None,
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Add documents; bad rows go to the `rejects` table with file, line and reason."""
+    from icp_core import pipeline
+
+    with _open(workspace, wait) as ws:
+        params = _params(ws, text_field=text_field, id_field=id_field)
+        outcome = pipeline.ingest(ws, [str(p) for p in inputs], params, _progress_factory())
+        with ws.transaction():
+            ws.save_settings({"text_field": params.text_field, "id_field": params.id_field})
+    counts = outcome.counts
+    skipped = (
+        f", {counts['sources_skipped']} source(s) already ingested"
+        if counts["sources_skipped"]
+        else ""
+    )
+    typer.echo(
+        f"{counts['documents']} documents, {counts['rejected']} rejected (see rejects){skipped}; "
+        f"workspace holds {counts['total_documents']} documents"
+    )
+
+
+@app.command()
+def embed(
+    workspace: WorkspaceOpt,
+    model: ModelOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = None,
+    vectors: VectorsOpt = None,
+    force: ForceOpt = False,
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Embed documents (only texts not cached for this model), or import --vectors."""
+    with _open(workspace, wait) as ws:
+        params = _params(
+            ws,
+            model=model,
+            max_tokens=max_tokens,
+            batch_size=batch_size,
+            device=device,
+            vectors=vectors,
+        )
+        _run_until(ws, params, "embed", force)
+
+
+@app.command()
+def knn(
+    workspace: WorkspaceOpt,
+    k: KOpt = None,
+    index: IndexOpt = None,
+    force: ForceOpt = False,
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Find every document's top-k neighbours with faiss (stored at least 32 deep)."""
+    with _open(workspace, wait) as ws:
+        _run_until(ws, _params(ws, k=k, index=index), "knn", force)
+
+
+@app.command()
+def dedup(
+    workspace: WorkspaceOpt,
+    dedup_threshold: ThresholdOpt = None,
+    no_dedup: NoDedupOpt = False,
+    k: KOpt = None,
+    force: ForceOpt = False,
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Group semantic near-duplicates; removed documents are recorded, never lost."""
+    with _open(workspace, wait) as ws:
+        params = _params(ws, dedup_threshold=dedup_threshold, k=k)
+        if no_dedup:
+            params = params.updated(dedup_threshold=None)
+        _run_until(ws, params, "dedup", force)
+
+
+@app.command()
+def order(
+    workspace: WorkspaceOpt,
+    order: OrderOpt = None,
+    k: KOpt = None,
+    seed: SeedOpt = None,
+    force: ForceOpt = False,
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Order documents along the kNN graph (icp = the paper's Algorithm 1)."""
+    with _open(workspace, wait) as ws:
+        _run_until(ws, _params(ws, order=order, k=k, seed=seed), "order", force)
+
+
+@app.command()
+def pack(
+    workspace: WorkspaceOpt,
+    context_length: LengthOpt = None,
+    tokenizer: TokenizerOpt = None,
+    separator: SeparatorOpt = None,
+    pack: PackOpt = None,
+    shuffle: ShuffleOpt = None,
+    seed: SeedOpt = None,
+    force: ForceOpt = False,
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Cut the ordered documents into contexts of exactly --context-length tokens."""
+    with _open(workspace, wait) as ws:
+        params = _params(
+            ws,
+            context_length=context_length,
+            tokenizer=tokenizer,
+            separator=separator,
+            pack=pack,
+            shuffle=shuffle,
+            seed=seed,
+        )
+        _run_until(ws, params, "pack", force)
+
+
+@app.command()
+def metrics(
+    workspace: WorkspaceOpt,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    label_field: LabelOpt = None,
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Print how related the documents inside contexts are, next to random packing."""
+    from icp_core import pipeline, stages
+
+    with _open(workspace, wait) as ws:
+        params = _params(ws, label_field=label_field)
+        pipeline.run(ws, params, until="metrics", progress=_progress_factory())
+        result = stages.latest_metrics(ws, params)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    random = result.get("random", {})
+    for key, value in result.items():
+        if isinstance(value, dict):
+            continue
+        baseline = random.get(key.removeprefix("random_")) if key in random else None
+        extra = f"   (random: {_fmt(baseline)})" if baseline is not None else ""
+        typer.echo(f"{key:28s} {_fmt(value)}{extra}")
+
+
+@app.command()
+def export(
+    workspace: WorkspaceOpt,
+    out: Annotated[Path, typer.Option(help="Output folder.")],
+    fmt: Annotated[str, typer.Option("--format", help="jsonl, parquet or tokens.")] = "parquet",
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Write contexts (JSONL, Parquet or token ids), duplicates, rejects and a manifest."""
+    from icp_core import export as export_module
+    from icp_core import pipeline, stages
+
+    with _open(workspace, wait) as ws:
+        params = _params(ws)
+        pipeline.run(ws, params, until="metrics", progress=_progress_factory())
+        manifest = export_module.export_contexts(
+            ws,
+            params,
+            out,
+            fmt,
+            overwrite,
+            stages.latest_metrics(ws, params),
+            _progress_factory()("export"),
+        )
+    typer.echo(
+        f"wrote {out} ({fmt}): " + ", ".join(f"{k}={v}" for k, v in manifest["counts"].items())
+    )
+
+
+@app.command()
+def run(
+    inputs: Annotated[
+        list[Path], typer.Argument(help="JSONL(.gz), Parquet, CSV, .txt/.md or folders.")
+    ],
+    workspace: WorkspaceOpt,
+    text_field: TextFieldOpt = None,
+    id_field: IdFieldOpt = None,
+    model: ModelOpt = None,
+    max_tokens: MaxTokensOpt = None,
+    batch_size: BatchOpt = None,
+    device: DeviceOpt = None,
+    vectors: VectorsOpt = None,
+    k: KOpt = None,
+    index: IndexOpt = None,
+    dedup_threshold: ThresholdOpt = None,
+    no_dedup: NoDedupOpt = False,
+    order: OrderOpt = None,
+    seed: SeedOpt = None,
+    context_length: LengthOpt = None,
+    tokenizer: TokenizerOpt = None,
+    separator: SeparatorOpt = None,
+    pack: PackOpt = None,
+    shuffle: ShuffleOpt = None,
+    label_field: LabelOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Also export to this folder.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="Export format.")] = "parquet",
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Re-run every stage.")] = False,
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Run every stage: ingest, embed, knn, dedup, order, pack, metrics (and export)."""
+    from icp_core import export as export_module
+    from icp_core import pipeline, stages
+
+    with _open(workspace, wait) as ws:
+        params = _params(
+            ws,
+            text_field=text_field,
+            id_field=id_field,
+            model=model,
+            max_tokens=max_tokens,
+            batch_size=batch_size,
+            device=device,
+            vectors=vectors,
+            k=k,
+            index=index,
+            dedup_threshold=dedup_threshold,
+            order=order,
+            seed=seed,
+            context_length=context_length,
+            tokenizer=tokenizer,
+            separator=separator,
+            pack=pack,
+            shuffle=shuffle,
+            label_field=label_field,
+        )
+        if no_dedup:
+            params = params.updated(dedup_threshold=None)
+        progress = _progress_factory()
+        outcomes = [pipeline.ingest(ws, [str(p) for p in inputs], params, progress)]
+        outcomes += pipeline.run(ws, params, force=force, progress=progress)
+        _echo_outcomes(outcomes)
+        result = stages.latest_metrics(ws, params)
+        if out is not None:
+            export_module.export_contexts(
+                ws, params, out, fmt, overwrite, result, progress("export")
+            )
+            typer.echo(f"exported to {out} ({fmt})", err=True)
+    typer.echo(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}))
+
+
+@app.command()
+def check(workspace: WorkspaceOpt, wait: WaitOpt = 0.0) -> None:
+    """Check the invariants: documents in = kept + duplicates + rejects, each kept document
+    exactly once across contexts, no context longer than the context length."""
+    from icp_core import stages
+
+    with _open(workspace, wait, read_only=True) as ws:
+        problems = stages.check_invariants(ws)
+    if problems:
+        for problem in problems:
+            typer.echo(f"FAIL {problem}", err=True)
+        raise typer.Exit(1)
+    typer.echo("ok: every document accounted for, each kept document exactly once, contexts fit")
+
+
+@app.command(name="app")
+def app_command(
+    workspace: Annotated[
+        Path | None, typer.Option("--workspace", "-w", help="Workspace to open [bundled sample].")
+    ] = None,
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
+) -> None:
+    """Open the Streamlit app (on the bundled sample when no workspace is given)."""
+    import subprocess
+
+    entry = Path(__file__).resolve().parent.parent / "app" / "main.py"
+    if not entry.exists():
+        raise IcpError(f"{entry}: the app is not installed; run from a source checkout")
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(entry),
+        "--server.port",
+        str(port),
+        "--browser.gatherUsageStats",
+        "false",
+    ]
+    if workspace is not None:
+        command += ["--", "--workspace", str(workspace)]
+    raise typer.Exit(subprocess.call(command))
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("ICP_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        app(standalone_mode=False)
+    except IcpError as err:
+        typer.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted; finished work is kept, re-run the command to continue", err=True)
+        sys.exit(130)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    except Exception as err:  # click usage errors and real bugs
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        if isinstance(err, click.exceptions.Abort):
+            sys.exit(1)
+        if os.environ.get("ICP_DEBUG"):
+            traceback.print_exc()
+        typer.echo(
+            f"internal error: {type(err).__name__}: {err} (set ICP_DEBUG=1 for the traceback)",
+            err=True,
+        )
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

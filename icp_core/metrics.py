@@ -1,0 +1,199 @@
+"""Metrics: how related the documents inside each context are (definitions in DESIGN.md).
+
+All functions take arrays: a `Packing`, unit vectors indexed by document, the undirected kNN
+graph as CSR, labels and word ids. `stages.run_metrics` gathers them from the workspace.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from icp_core import _kernels
+from icp_core.pack import Packing
+
+CACHE_LAMBDA = 0.8
+CACHE_MAX_WORDS = 2000
+_WORD = re.compile(r"[a-z0-9_]+")
+
+
+@dataclass(frozen=True)
+class WordIds:
+    """Each document's first words as ids: doc d = ids[offsets[d]:offsets[d+1]]; log_p_uni is
+    the add-one smoothed corpus unigram log-probability of every word id."""
+
+    ids: np.ndarray
+    offsets: np.ndarray
+    log_p_uni: np.ndarray
+
+
+def word_ids(texts: list[str], max_words: int = CACHE_MAX_WORDS) -> WordIds:
+    """Lower-cased `[a-z0-9_]+` words (first `max_words` per text) mapped to ids."""
+    vocabulary: dict[str, int] = {}
+    flat: list[int] = []
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    for index, text in enumerate(texts):
+        words = _WORD.findall(text[: max_words * 64].lower())[:max_words]
+        flat.extend(vocabulary.setdefault(word, len(vocabulary)) for word in words)
+        offsets[index + 1] = len(flat)
+    ids = np.asarray(flat, dtype=np.int64)
+    counts = np.bincount(ids, minlength=len(vocabulary)).astype(np.float64)
+    log_p_uni = np.log((counts + 1.0) / (counts.sum() + len(vocabulary)))
+    return WordIds(ids, offsets, log_p_uni)
+
+
+def adjacent_pairs(packing: Packing) -> tuple[np.ndarray, np.ndarray]:
+    """Documents of consecutive pieces inside the same context: (previous, next)."""
+    same = packing.context[1:] == packing.context[:-1]
+    return packing.doc[:-1][same], packing.doc[1:][same]
+
+
+def pair_similarity(vectors: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Cosine similarity of row pairs of unit vectors, computed in blocks to bound memory."""
+    out = np.empty(len(first), dtype=np.float32)
+    block = 65536
+    for start in range(0, len(first), block):
+        stop = start + block
+        out[start:stop] = np.einsum(
+            "ij,ij->i", vectors[first[start:stop]], vectors[second[start:stop]]
+        )
+    return out
+
+
+def context_pairwise_similarity(packing: Packing, vectors: np.ndarray) -> np.ndarray:
+    """Per context with at least two documents, the mean pairwise cosine of its documents.
+
+    With unit vectors: sum over pairs i<j of v_i.v_j = (|sum v|^2 - n) / 2.
+    """
+    if packing.n_contexts == 0:
+        return np.zeros(0)
+    # pieces are sorted by context, so each context is one contiguous block of rows
+    first_piece = np.searchsorted(packing.context, np.arange(packing.n_contexts))
+    rows = vectors[packing.doc].astype(np.float64)
+    sums = np.add.reduceat(rows, first_piece, axis=0)
+    sizes = np.diff(np.r_[first_piece, len(packing.context)])
+    norms = np.einsum("ij,ij->i", sums, sums)
+    self_dots = np.add.reduceat(np.einsum("ij,ij->i", rows, rows), first_piece)
+    multi = sizes >= 2
+    return (norms[multi] - self_dots[multi]) / (sizes[multi] * (sizes[multi] - 1))
+
+
+def context_cache_gain(packing: Packing, words: WordIds) -> float | None:
+    """Mean gain (nats/word) from a cache of the preceding documents of the same context."""
+    gains = _kernels.cache_gain_per_piece(
+        packing.context, packing.doc, words.ids, words.offsets, words.log_p_uni, CACHE_LAMBDA
+    )
+    gains = gains[np.isfinite(gains)]
+    return float(gains.mean()) if len(gains) else None
+
+
+def every_doc_once(
+    packing: Packing, kept: np.ndarray, doc_tokens: np.ndarray, sep_tokens: int
+) -> bool:
+    """Every kept document appears, in pieces that cover its tokens exactly once, and no other
+    document appears."""
+    if len(packing.doc) == 0:
+        return len(kept) == 0
+    by_doc = np.lexsort((packing.start, packing.doc))
+    doc = packing.doc[by_doc]
+    start = packing.start[by_doc]
+    end = packing.end[by_doc]
+    first = np.r_[True, doc[1:] != doc[:-1]]
+    last = np.r_[doc[1:] != doc[:-1], True]
+    continuous = (start[~first] == end[:-1][~first[1:]]).all()
+    sep_total = np.bincount(doc, weights=packing.sep[by_doc])
+    return bool(
+        np.array_equal(np.unique(doc), np.sort(kept))
+        and len(np.unique(kept)) == len(kept)
+        and (start[first] == 0).all()
+        and (end[last] == doc_tokens[doc[last]]).all()
+        and continuous
+        and (sep_total[doc[last]] == sep_tokens).all()
+    )
+
+
+def packing_metrics(
+    packing: Packing,
+    vectors: np.ndarray,
+    doc_tokens: np.ndarray,
+    context_length: int,
+    graph: tuple[np.ndarray, np.ndarray, np.ndarray],
+    labels: np.ndarray | None,
+    words: WordIds | None,
+) -> dict[str, float | int | None]:
+    """The per-packing metrics of DESIGN.md.
+
+    Args:
+        packing: the contexts.
+        vectors: (N, d) unit vectors by document.
+        doc_tokens: (N,) token counts by document.
+        context_length: L.
+        graph: the undirected kNN graph (indptr, neighbors, weights) used for jump_rate.
+        labels: (N,) labels by document, or None.
+        words: word ids for context_cache_gain, or None to skip it.
+    """
+    first, second = adjacent_pairs(packing)
+    adjacent = pair_similarity(vectors, first, second) if len(first) else np.zeros(0)
+    pairwise = context_pairwise_similarity(packing, vectors)
+    indptr, nbr, _ = graph
+    if len(first):
+        steps = np.empty(2 * len(first), dtype=np.int64)
+        steps[0::2], steps[1::2] = first, second
+        on_edge = _kernels.transitions_on_edges(indptr, nbr, steps)[1::2]
+        jump_rate = float(1.0 - on_edge.mean())
+    else:
+        jump_rate = None
+    label_agreement = None
+    if labels is not None and len(first):
+        label_agreement = float((labels[first] == labels[second]).mean())
+    doc_tokens_packed = int((packing.end - packing.start).sum())
+    capacity = packing.n_contexts * context_length
+    return {
+        "adjacent_sim_mean": float(adjacent.mean()) if len(adjacent) else None,
+        "context_pairwise_sim_mean": float(pairwise.mean()) if len(pairwise) else None,
+        "jump_rate": jump_rate,
+        "label_agreement": label_agreement,
+        "token_efficiency": doc_tokens_packed / capacity if capacity else None,
+        "context_cache_gain": context_cache_gain(packing, words) if words is not None else None,
+        "n_transitions": int(len(first)),
+    }
+
+
+def path_upper_bounds(
+    neighbor_ids: np.ndarray, neighbor_sims: np.ndarray
+) -> dict[str, float | None]:
+    """Upper bounds on a path's mean transition similarity along kNN edges.
+
+    loose: the mean top-1 neighbour similarity. tight: the maximum-weight fractional
+    2-matching of the undirected kNN graph (x_e in [0, 1], at most 2 per document) divided by
+    N - 1, solved with HiGHS; a path is a 2-matching, so no ordering along kNN edges beats it.
+    """
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
+    from icp_core.traverse import build_graph
+
+    ids = np.asarray(neighbor_ids)
+    sims = np.asarray(neighbor_sims, dtype=np.float64)
+    n_docs = ids.shape[0]
+    if n_docs < 2:
+        return {"top1_bound": None, "two_matching_bound": None}
+    valid_top1 = ids[:, 0] >= 0
+    top1 = float(sims[valid_top1, 0].mean()) if valid_top1.any() else None
+    indptr, nbr, weight = build_graph(ids, sims.astype(np.float32))
+    rows = np.repeat(np.arange(n_docs), np.diff(indptr))
+    upper = rows < nbr  # each undirected edge once
+    a, b, w = rows[upper], nbr[upper].astype(np.int64), weight[upper].astype(np.float64)
+    if len(w) == 0:
+        return {"top1_bound": top1, "two_matching_bound": 0.0}
+    edge = np.arange(len(w))
+    incidence = coo_matrix(
+        (np.ones(2 * len(w)), (np.r_[a, b], np.r_[edge, edge])), shape=(n_docs, len(w))
+    ).tocsr()
+    result = linprog(
+        -w, A_ub=incidence, b_ub=np.full(n_docs, 2.0), bounds=(0.0, 1.0), method="highs"
+    )
+    bound = float(-result.fun) / (n_docs - 1) if result.status == 0 else None
+    return {"top1_bound": top1, "two_matching_bound": bound}

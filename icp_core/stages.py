@@ -1,0 +1,773 @@
+"""Stage adapters: read the workspace in bulk, call the pure stage function, write one table.
+
+Each `run_<stage>(ws, params, report)` returns its counts (named where the decision is made);
+`<stage>_key(params)` names what its output depends on besides upstream stages. `pipeline.py`
+decides when to run them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from icp_core import dedup, embed, knn, metrics, pack, traverse
+from icp_core.errors import IcpError
+from icp_core.ingest import ParsedSource, hash_file, hash_text, parse_source, source_fingerprint
+from icp_core.params import Params
+from icp_core.workspace import Workspace, _now
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[int, int], None]
+# kNN lists are stored at least this deep, so lowering or raising k up to it is a filter.
+KNN_MIN_STORED = 32
+_EMBED_CHECKPOINT_DOCS = 2048
+
+
+def _noop(done: int, total: int) -> None:
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# ingest
+# ---------------------------------------------------------------------------------------------
+
+
+def run_ingest(ws: Workspace, inputs: list[str], params: Params, report: Report = _noop) -> dict:
+    """Add new documents from `inputs`; a source whose content was ingested before adds nothing.
+
+    Rows whose id already exists (in the workspace or earlier in the same input) are rejected
+    as duplicates with the place of the first occurrence.
+    """
+    counts = {"documents": 0, "rejected": 0, "sources_skipped": 0, "sources_added": 0}
+    parsed_sources: list[ParsedSource] = []
+    seen: set[str] = set()
+    for number, path in enumerate(inputs, start=1):
+        content_hash = source_fingerprint(Path(path))
+        if content_hash in seen or ws.scalar(
+            "SELECT count(*) FROM sources "
+            "WHERE content_hash = ? AND text_field = ? AND id_field = ?",
+            [content_hash, params.text_field, params.id_field],
+        ):
+            counts["sources_skipped"] += 1
+            log.info("ingest: %s already ingested, skipped", path)
+            continue
+        seen.add(content_hash)
+        parsed_sources.append(parse_source(path, params.text_field, params.id_field, content_hash))
+        report(number, len(inputs))
+    with ws.transaction():
+        for parsed in parsed_sources:
+            added, rejected = _store_source(ws, parsed, params)
+            counts["documents"] += added
+            counts["rejected"] += rejected
+            counts["sources_added"] += 1
+    counts["total_documents"] = ws.n_documents()
+    counts["total_rejected"] = int(ws.scalar("SELECT count(*) FROM rejects"))
+    return counts
+
+
+def _store_source(ws: Workspace, parsed: ParsedSource, params: Params) -> tuple[int, int]:
+    n_rows = len(parsed.ids)
+    first_doc = int(ws.scalar("SELECT coalesce(max(doc) + 1, 0) FROM documents"))
+    candidate = pa.table({"id": pa.array(parsed.ids, pa.string()), "row": np.arange(n_rows)})
+    # first occurrence of each id inside this source, and ids the workspace already holds
+    ws.con.register("_candidate", candidate)
+    try:
+        clash = ws.arrow(
+            """SELECT c.row, d.source, d.line FROM _candidate c JOIN documents d ON d.id = c.id"""
+        )
+        inner = ws.arrow(
+            """SELECT row, first_row FROM (
+                   SELECT row, min(row) OVER (PARTITION BY id) AS first_row FROM _candidate)
+               WHERE row <> first_row"""
+        )
+    finally:
+        ws.con.unregister("_candidate")
+    reject_reason: dict[int, str] = {}
+    for row, source, line in zip(*(clash.column(i).to_pylist() for i in range(3)), strict=True):
+        reject_reason[row] = f"duplicate id '{parsed.ids[row]}' (first at {source}:{line})"
+    for row, first_row in zip(*(inner.column(i).to_pylist() for i in range(2)), strict=True):
+        first_place = f"{parsed.source}:{parsed.lines[first_row]}"
+        reject_reason.setdefault(row, f"duplicate id '{parsed.ids[row]}' (first at {first_place})")
+    keep = np.ones(n_rows, dtype=bool)
+    for row, reason in reject_reason.items():
+        keep[row] = False
+        parsed.reject(parsed.lines[row], reason, parsed.texts[row][:200], parsed.ids[row])
+    kept_rows = np.flatnonzero(keep)
+    texts = [parsed.texts[i] for i in kept_rows]
+    documents = pa.table(
+        {
+            "doc": pa.array(np.arange(first_doc, first_doc + len(kept_rows)), pa.int64()),
+            "id": pa.array([parsed.ids[i] for i in kept_rows], pa.string()),
+            "text": pa.array(texts, pa.string()),
+            "text_hash": pa.array([hash_text(t) for t in texts], pa.string()),
+            "source": pa.array([parsed.source] * len(kept_rows), pa.string()),
+            "line": pa.array([parsed.lines[i] for i in kept_rows], pa.int64()),
+            "meta": pa.array([parsed.metas[i] for i in kept_rows], pa.string()),
+        }
+    )
+    ws.append_table("documents", documents)
+    rejects = pa.table(
+        {
+            "source": pa.array([parsed.source] * len(parsed.rejects), pa.string()),
+            "line": pa.array([r[0] for r in parsed.rejects], pa.int64()),
+            "id": pa.array([r[1] for r in parsed.rejects], pa.string()),
+            "reason": pa.array([r[2] for r in parsed.rejects], pa.string()),
+            "raw": pa.array([r[3] for r in parsed.rejects], pa.string()),
+        }
+    )
+    ws.append_table("rejects", rejects)
+    ws.execute(
+        "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            parsed.source,
+            parsed.content_hash,
+            parsed.format,
+            params.text_field,
+            params.id_field,
+            len(kept_rows),
+            len(parsed.rejects),
+            _now(),
+        ],
+    )
+    return len(kept_rows), len(parsed.rejects)
+
+
+def ingest_fingerprint_source(ws: Workspace) -> dict:
+    """What the documents table depends on: the ordered content hashes of its sources."""
+    hashes = ws.column("SELECT content_hash FROM sources ORDER BY ingested_at, rowid").tolist()
+    return {"sources": hashes, "n_documents": ws.n_documents()}
+
+
+# ---------------------------------------------------------------------------------------------
+# embed
+# ---------------------------------------------------------------------------------------------
+
+
+def _embedding_model_key(params: Params) -> str:
+    if params.vectors:
+        return (
+            f"vectors:{hash_file(Path(params.vectors))}"
+            if Path(params.vectors).exists()
+            else (f"vectors:{params.vectors}")
+        )
+    path = embed.resolve_model_path(params.model)
+    return embed.model_key(str(path), params.max_tokens)
+
+
+def embed_key(params: Params) -> dict:
+    return {"model_key": _embedding_model_key(params)}
+
+
+def run_embed(ws: Workspace, params: Params, report: Report = _noop) -> dict:
+    """Embed the documents whose text has no cached vector for this model; point the
+    `embeddings` view at this model's vectors."""
+    key = _embedding_model_key(params)
+    if params.vectors:
+        n_new = _import_vectors(ws, params.vectors, key)
+    else:
+        n_new = _embed_missing(ws, params, key, report)
+    with ws.transaction():
+        ws.execute(
+            f"""CREATE OR REPLACE VIEW embeddings AS
+                SELECT d.doc, c.vector FROM documents d
+                JOIN (SELECT text_hash, any_value(vector) AS vector FROM embedding_cache
+                      WHERE model_key = '{key.replace("'", "''")}' GROUP BY text_hash) c
+                USING (text_hash)"""
+        )
+    n_docs = ws.n_documents()
+    n_have = int(ws.scalar("SELECT count(*) FROM embeddings"))
+    if n_have != n_docs:
+        raise IcpError(f"embeddings cover {n_have} of {n_docs} documents; re-run `icp embed`")
+    return {"embedded": n_new, "cached": n_docs - n_new, "model_key": key}
+
+
+def _embed_missing(ws: Workspace, params: Params, key: str, report: Report) -> int:
+    missing = ws.arrow(
+        """SELECT text_hash, any_value(text) AS text FROM documents
+           WHERE text_hash NOT IN (SELECT text_hash FROM embedding_cache WHERE model_key = ?)
+           GROUP BY text_hash ORDER BY max(length(text)) DESC, text_hash""",
+        [key],
+    )
+    total = missing.num_rows
+    if total == 0:
+        return 0
+    model_path = embed.resolve_model_path(params.model)
+    model = embed.load_model(str(model_path), params.device, params.max_tokens)
+    hashes = missing.column("text_hash").to_pylist()
+    texts = missing.column("text").to_pylist()
+    # one committed insert per checkpoint: an interrupted run keeps every finished chunk
+    for start in range(0, total, _EMBED_CHECKPOINT_DOCS):
+        stop = min(start + _EMBED_CHECKPOINT_DOCS, total)
+        vectors = embed.embed_texts(
+            model,
+            texts[start:stop],
+            params.batch_size,
+            report=lambda done, _t, s=start: report(s + done, total),
+        )
+        _append_cache(ws, key, hashes[start:stop], vectors)
+    return total
+
+
+def _append_cache(ws: Workspace, key: str, hashes: list[str], vectors: np.ndarray) -> None:
+    dim = vectors.shape[1]
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).ravel())
+    offsets = pa.array(np.arange(0, (len(hashes) + 1) * dim, dim, dtype=np.int32))
+    table = pa.table(
+        {
+            "model_key": pa.array([key] * len(hashes), pa.string()),
+            "text_hash": pa.array(hashes, pa.string()),
+            "vector": pa.ListArray.from_arrays(offsets, flat),
+        }
+    )
+    with ws.transaction():
+        ws.append_table("embedding_cache", table)
+
+
+def _import_vectors(ws: Workspace, path: str, key: str) -> int:
+    documents = ws.arrow("SELECT id, text_hash FROM documents ORDER BY doc")
+    doc_ids = np.asarray(documents.column("id").to_pylist(), dtype=object)
+    vectors = embed.read_vectors_file(path, doc_ids)
+    hashes = documents.column("text_hash").to_pylist()
+    known = set(
+        ws.column("SELECT text_hash FROM embedding_cache WHERE model_key = ?", [key]).tolist()
+    )
+    new_rows = [i for i, h in enumerate(hashes) if h not in known]
+    seen: set[str] = set()
+    unique_rows = [i for i in new_rows if not (hashes[i] in seen or seen.add(hashes[i]))]
+    if unique_rows:
+        _append_cache(ws, key, [hashes[i] for i in unique_rows], vectors[unique_rows])
+    return len(unique_rows)
+
+
+def read_vectors(ws: Workspace) -> np.ndarray:
+    """(N, d) float32 unit vectors in document order."""
+    return ws.vectors("SELECT vector FROM embeddings ORDER BY doc")
+
+
+# ---------------------------------------------------------------------------------------------
+# knn
+# ---------------------------------------------------------------------------------------------
+
+
+def knn_key(params: Params) -> dict:
+    return {"index": params.index}
+
+
+def knn_covers(stored: dict, key: dict, params: Params) -> bool:
+    """Stored lists serve any k up to the depth they were searched at."""
+    return {k: v for k, v in stored.items() if k != "k_max"} == key and stored.get(
+        "k_max", 0
+    ) >= params.k
+
+
+def run_knn(ws: Workspace, params: Params, report: Report = _noop) -> dict:
+    vectors = read_vectors(ws)
+    k_max = max(params.k, KNN_MIN_STORED)
+    ids, sims = knn.knn_search(vectors, k_max, index=params.index, seed=params.seed, report=report)
+    doc, column = np.nonzero(ids >= 0)
+    table = pa.table(
+        {
+            "doc": doc.astype(np.int64),
+            "rank": (column + 1).astype(np.int16),
+            "neighbor": ids[doc, column],
+            "sim": sims[doc, column],
+        }
+    )
+    with ws.transaction():
+        ws.replace_table("neighbors", table)
+    return {
+        "documents": int(len(ids)),
+        "k_max": k_max,
+        "index": knn.resolve_index(params.index, len(ids)),
+        "_stored": {"k_max": k_max},
+    }
+
+
+def read_neighbors(ws: Workspace, k: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(N, k) ids and sims from the `neighbors` table (all stored columns when k is None)."""
+    n_docs = ws.n_documents()
+    k_stored = int(ws.scalar("SELECT coalesce(max(rank), 0) FROM neighbors"))
+    width = k_stored if k is None else k
+    table = ws.arrow("SELECT doc, rank, neighbor, sim FROM neighbors WHERE rank <= ?", [width])
+    ids = np.full((n_docs, width), -1, dtype=np.int64)
+    sims = np.zeros((n_docs, width), dtype=np.float32)
+    doc = table.column("doc").to_numpy()
+    column = table.column("rank").to_numpy().astype(np.int64) - 1
+    ids[doc, column] = table.column("neighbor").to_numpy()
+    sims[doc, column] = table.column("sim").to_numpy()
+    return ids, sims
+
+
+def restrict_graph(
+    ids: np.ndarray, sims: np.ndarray, kept: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The kNN lists among kept documents only, renumbered 0..M-1 in document order.
+
+    Removed neighbours are dropped from each list and the next ones move up, so each kept
+    document keeps up to k neighbours.
+    """
+    keep_mask = np.zeros(len(ids), dtype=bool)
+    keep_mask[kept] = True
+    sub_ids, sub_sims = ids[kept], sims[kept]
+    valid = (sub_ids >= 0) & keep_mask[np.maximum(sub_ids, 0)]
+    moved = np.argsort(~valid, axis=1, kind="stable")[:, :k]
+    sub_ids = np.take_along_axis(sub_ids, moved, axis=1)
+    sub_sims = np.take_along_axis(sub_sims, moved, axis=1)
+    valid = np.take_along_axis(valid, moved, axis=1)
+    new_index = np.cumsum(keep_mask) - 1
+    sub_ids = np.where(valid, new_index[np.maximum(sub_ids, 0)], -1)
+    sub_sims = np.where(valid, sub_sims, 0.0).astype(np.float32)
+    if sub_ids.shape[1] < k:  # fewer documents than k: pad
+        pad = k - sub_ids.shape[1]
+        sub_ids = np.pad(sub_ids, ((0, 0), (0, pad)), constant_values=-1)
+        sub_sims = np.pad(sub_sims, ((0, 0), (0, pad)))
+    return sub_ids, sub_sims
+
+
+# ---------------------------------------------------------------------------------------------
+# dedup
+# ---------------------------------------------------------------------------------------------
+
+
+def dedup_key(params: Params) -> dict:
+    return {"k": params.k, "dedup_threshold": params.dedup_threshold}
+
+
+def run_dedup(ws: Workspace, params: Params, report: Report = _noop) -> dict:
+    ids, sims = read_neighbors(ws, params.k)
+    if params.dedup_threshold is None:
+        kept_doc = np.arange(len(ids))
+    else:
+        kept_doc = dedup.find_duplicates(ids, sims, params.dedup_threshold)
+    removed = np.flatnonzero(kept_doc != np.arange(len(ids)))
+    vectors = read_vectors(ws) if len(removed) else np.zeros((0, 1), dtype=np.float32)
+    sim = metrics.pair_similarity(vectors, removed, kept_doc[removed]) if len(removed) else []
+    table = pa.table(
+        {
+            "doc": pa.array(removed, pa.int64()),
+            "kept_doc": pa.array(kept_doc[removed], pa.int64()),
+            "sim": pa.array(np.asarray(sim, dtype=np.float32), pa.float32()),
+            "reason": pa.array(
+                [f"semantic duplicate (cosine >= {params.dedup_threshold})"] * len(removed),
+                pa.string(),
+            ),
+        }
+    )
+    with ws.transaction():
+        ws.replace_table("duplicates", table)
+    return {"duplicates": int(len(removed)), "groups": int(len(np.unique(kept_doc[removed])))}
+
+
+# ---------------------------------------------------------------------------------------------
+# order
+# ---------------------------------------------------------------------------------------------
+
+
+def order_key(params: Params) -> dict:
+    return {"order": params.order, "k": params.k, "seed": params.seed}
+
+
+def kept_documents(ws: Workspace, include_order_drops: bool = False) -> np.ndarray:
+    """Documents not removed as duplicates (nor by the order stage's filter if asked)."""
+    removed = "SELECT doc FROM duplicates"
+    if include_order_drops and ws.has_table("order_drops"):
+        removed += " UNION ALL SELECT doc FROM order_drops"
+    return ws.column(
+        f"SELECT doc FROM documents WHERE doc NOT IN ({removed}) ORDER BY doc", dtype=np.int64
+    )
+
+
+def order_documents(
+    ids: np.ndarray, sims: np.ndarray, kept: np.ndarray, params: Params
+) -> np.ndarray:
+    """Traverse the kNN graph of the kept documents; returns the documents in path order."""
+    sub_ids, sub_sims = restrict_graph(ids, sims, kept, params.k)
+    return kept[traverse.traverse(sub_ids, sub_sims, params.order, params.seed)]
+
+
+def jumps_along(order: np.ndarray, ids: np.ndarray, sims: np.ndarray, k: int) -> np.ndarray:
+    """(len(order),) bool: steps that do not follow an edge of the kNN graph (among the
+    documents of `order`, first k neighbours); False at position 0."""
+    members = np.sort(order)
+    sub_ids, sub_sims = restrict_graph(ids, sims, members, k)
+    local = np.searchsorted(members, order)
+    is_jump = ~traverse.transitions_on_edges(local, sub_ids, sub_sims)
+    if len(is_jump):
+        is_jump[0] = False
+    return is_jump
+
+
+def run_order(ws: Workspace, params: Params, report: Report = _noop) -> dict:
+    ids, sims = read_neighbors(ws)
+    order = order_documents(ids, sims, kept_documents(ws), params)
+    vectors = read_vectors(ws)
+    drops = {"doc": [], "kept_doc": [], "sim": [], "reason": []}
+    if params.order == "original":
+        order, drops = _apply_near_copy_filter(ws, order, vectors)
+    is_jump = jumps_along(order, ids, sims, params.k)
+    sim_to_prev = np.full(len(order), np.nan, dtype=np.float32)
+    if len(order) > 1:
+        sim_to_prev[1:] = metrics.pair_similarity(vectors, order[:-1], order[1:])
+    table = pa.table(
+        {
+            "position": np.arange(len(order), dtype=np.int64),
+            "doc": order,
+            "sim_to_prev": pa.array(sim_to_prev, mask=np.isnan(sim_to_prev)),
+            "is_jump": is_jump,
+        }
+    )
+    drop_table = pa.table(
+        {
+            "doc": pa.array(drops["doc"], pa.int64()),
+            "kept_doc": pa.array(drops["kept_doc"], pa.int64()),
+            "sim": pa.array(drops["sim"], pa.float32()),
+            "reason": pa.array(drops["reason"], pa.string()),
+        }
+    )
+    with ws.transaction():
+        ws.replace_table("ordering", table)
+        ws.replace_table("order_drops", drop_table)
+    jumps = int(is_jump.sum())
+    return {
+        "ordered": int(len(order)),
+        "jumps": jumps,
+        "jump_share": jumps / max(len(order) - 1, 1),
+        "near_copies_dropped": len(drops["doc"]),
+    }
+
+
+def _apply_near_copy_filter(
+    ws: Workspace, order: np.ndarray, vectors: np.ndarray
+) -> tuple[np.ndarray, dict]:
+    """The authors' script drops a document whose first 100 characters nearly copy the previous
+    one's; we record those drops with the document they copy (never lose them)."""
+    prefixes = ws.arrow(
+        "SELECT left(text, ?) AS prefix FROM documents ORDER BY doc",
+        [dedup.NEAR_COPY_PREFIX_CHARS],
+    )
+    drop, copy_of = dedup.find_near_copies(prefixes.column("prefix").to_pylist(), order)
+    dropped, kept_for = order[drop], copy_of[drop]
+    sims = metrics.pair_similarity(vectors, dropped, kept_for) if len(dropped) else np.zeros(0)
+    drops = {
+        "doc": dropped.tolist(),
+        "kept_doc": kept_for.tolist(),
+        "sim": sims.tolist(),
+        "reason": [
+            f"near copy of the previous document (first {dedup.NEAR_COPY_PREFIX_CHARS} characters,"
+            f" trigram Jaccard > {dedup.NEAR_COPY_JACCARD}; authors' filter)"
+        ]
+        * len(dropped),
+    }
+    return order[~drop], drops
+
+
+# ---------------------------------------------------------------------------------------------
+# pack
+# ---------------------------------------------------------------------------------------------
+
+
+def _tokenizer_for(params: Params) -> Path:
+    model_path = None if params.vectors else embed.resolve_model_path(params.model)
+    if params.tokenizer is None and model_path is None:
+        model_path = embed.resolve_model_path(None)
+    return pack.resolve_tokenizer_path(params.tokenizer, model_path)
+
+
+def pack_key(params: Params) -> dict:
+    path = _tokenizer_for(params)
+    return {
+        "tokenizer_key": pack.tokenizer_key(str(path)),
+        "separator": params.separator,
+        "context_length": params.context_length,
+        "pack": params.pack,
+        "shuffle": params.shuffle,
+        "seed": params.seed,
+    }
+
+
+def document_tokens(ws: Workspace, params: Params, report: Report = _noop) -> np.ndarray:
+    """(N,) token counts by document, counting only texts the cache lacks."""
+    path = str(_tokenizer_for(params))
+    key = pack.tokenizer_key(path)
+    missing = ws.arrow(
+        """SELECT text_hash, any_value(text) AS text FROM documents
+           WHERE text_hash NOT IN (SELECT text_hash FROM token_cache WHERE tokenizer_key = ?)
+           GROUP BY text_hash""",
+        [key],
+    )
+    if missing.num_rows:
+        tokenizer = pack.load_tokenizer(path)
+        counts = pack.count_tokens(tokenizer, missing.column("text").to_pylist(), report)
+        with ws.transaction():
+            ws.append_table(
+                "token_cache",
+                pa.table(
+                    {
+                        "tokenizer_key": pa.array([key] * missing.num_rows, pa.string()),
+                        "text_hash": missing.column("text_hash"),
+                        "n_tokens": counts,
+                    }
+                ),
+            )
+    return ws.column(
+        """SELECT t.n_tokens FROM documents d
+           JOIN (SELECT text_hash, any_value(n_tokens) AS n_tokens FROM token_cache
+                 WHERE tokenizer_key = ? GROUP BY text_hash) t USING (text_hash)
+           ORDER BY d.doc""",
+        [key],
+        dtype=np.int64,
+    )
+
+
+def separator_for(params: Params) -> list[int]:
+    return pack.separator_ids(pack.load_tokenizer(str(_tokenizer_for(params))), params.separator)
+
+
+def run_pack(ws: Workspace, params: Params, report: Report = _noop) -> dict:
+    doc_tokens = document_tokens(ws, params, report)
+    sep = separator_for(params)
+    order = ws.column("SELECT doc FROM ordering ORDER BY position", dtype=np.int64)
+    packing = pack.pack_contexts(
+        order, doc_tokens, params.context_length, params.pack, len(sep), params.shuffle, params.seed
+    )
+    table = pa.table(
+        {
+            "context": packing.context,
+            "slot": packing.slot.astype(np.int32),
+            "doc": packing.doc,
+            "token_start": packing.start,
+            "token_end": packing.end,
+            "sep_tokens": packing.sep.astype(np.int32),
+        }
+    )
+    with ws.transaction():
+        ws.replace_table("contexts", table)
+    fill = packing.context_tokens()
+    return {
+        "contexts": packing.n_contexts,
+        "pieces": int(len(packing.doc)),
+        "split_documents": int(len(packing.doc) - len(np.unique(packing.doc))),
+        "padding_tokens": int(packing.n_contexts * params.context_length - fill.sum()),
+        "_stored": {"separator_ids": sep},
+    }
+
+
+def read_packing(ws: Workspace) -> pack.Packing:
+    table = ws.arrow(
+        "SELECT context, slot, doc, token_start, token_end, sep_tokens FROM contexts "
+        "ORDER BY context, slot"
+    )
+    context = table.column("context").to_numpy().astype(np.int64)
+    return pack.Packing(
+        context=context,
+        slot=table.column("slot").to_numpy().astype(np.int64),
+        doc=table.column("doc").to_numpy().astype(np.int64),
+        start=table.column("token_start").to_numpy().astype(np.int64),
+        end=table.column("token_end").to_numpy().astype(np.int64),
+        sep=table.column("sep_tokens").to_numpy().astype(np.int64),
+        n_contexts=int(context[-1]) + 1 if len(context) else 0,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------------
+
+
+def metrics_key(params: Params) -> dict:
+    return {"label_field": params.label_field}
+
+
+def resolve_label_field(ws: Workspace, label_field: str | None) -> str | None:
+    """The label field to score: the one asked for, else `label` when documents carry it."""
+    if label_field:
+        present = ws.scalar(
+            "SELECT count(*) FROM documents WHERE json_extract_string(meta, ?) IS NOT NULL",
+            [f"$.{label_field}"],
+        )
+        if not present:
+            raise IcpError(f"--label-field {label_field}: no document has that field")
+        return label_field
+    present = ws.scalar(
+        "SELECT count(*) FROM documents WHERE json_extract_string(meta, '$.label') IS NOT NULL"
+    )
+    return "label" if present else None
+
+
+def read_labels(ws: Workspace, label_field: str | None) -> np.ndarray | None:
+    if label_field is None:
+        return None
+    labels = (
+        ws.arrow(
+            "SELECT json_extract_string(meta, ?) AS label FROM documents ORDER BY doc",
+            [f"$.{label_field}"],
+        )
+        .column("label")
+        .to_pylist()
+    )
+    return np.asarray([("\0missing" if v is None else v) for v in labels], dtype=object)
+
+
+def run_metrics(ws: Workspace, params: Params, report: Report = _noop) -> dict:
+    result = compute_metrics(ws, params)
+    import json
+
+    with ws.transaction():
+        ws.execute(
+            """CREATE TABLE IF NOT EXISTS metrics (
+                   order_method VARCHAR, k INTEGER, context_length INTEGER, pack VARCHAR,
+                   dedup_threshold DOUBLE, computed_at TIMESTAMP, result JSON)"""
+        )
+        ws.execute(
+            "DELETE FROM metrics WHERE order_method = ? AND k = ? AND context_length = ? "
+            "AND pack = ? AND dedup_threshold IS NOT DISTINCT FROM ?",
+            [params.order, params.k, params.context_length, params.pack, params.dedup_threshold],
+        )
+        ws.execute(
+            "INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                params.order,
+                params.k,
+                params.context_length,
+                params.pack,
+                params.dedup_threshold,
+                _now(),
+                json.dumps(result),
+            ],
+        )
+    return {k: v for k, v in result.items() if not isinstance(v, dict)}
+
+
+def compute_metrics(ws: Workspace, params: Params) -> dict[str, Any]:
+    """The metrics of DESIGN.md for the stored contexts, plus the same for random packing."""
+    n_documents = ws.n_documents()
+    n_rejected = int(ws.scalar("SELECT count(*) FROM rejects"))
+    n_duplicates = int(ws.scalar("SELECT count(*) FROM duplicates")) + int(
+        ws.scalar("SELECT count(*) FROM order_drops")
+    )
+    kept = kept_documents(ws, include_order_drops=True)
+    packing = read_packing(ws)
+    vectors = read_vectors(ws)
+    doc_tokens = document_tokens(ws, params)
+    sep_tokens = len(separator_for(params))
+    ids, sims = read_neighbors(ws)
+    sub_ids, sub_sims = restrict_graph(ids, sims, kept, params.k)
+    indptr, nbr, weight = traverse.build_graph(sub_ids, sub_sims)
+    graph = (indptr, nbr, weight)
+    # the graph is over kept documents renumbered 0..M-1: map pieces into that numbering
+    local_of = np.full(n_documents, -1, dtype=np.int64)
+    local_of[kept] = np.arange(len(kept))
+    label_field = resolve_label_field(ws, params.label_field)
+    labels = read_labels(ws, label_field)
+    texts = ws.arrow("SELECT text FROM documents ORDER BY doc").column("text").to_pylist()
+    words = metrics.word_ids([texts[d] for d in kept])
+
+    def measure(p: pack.Packing) -> dict[str, Any]:
+        local = pack.Packing(
+            p.context, p.slot, local_of[p.doc], p.start, p.end, p.sep, p.n_contexts
+        )
+        return metrics.packing_metrics(
+            local,
+            vectors[kept],
+            doc_tokens[kept],
+            params.context_length,
+            graph,
+            labels[kept] if labels is not None else None,
+            words,
+        )
+
+    current = measure(packing)
+    random_order = kept[np.random.default_rng(params.seed + 1).permutation(len(kept))]
+    random_packing = pack.pack_contexts(
+        random_order, doc_tokens, params.context_length, params.pack, sep_tokens, True, params.seed
+    )
+    random = measure(random_packing)
+    once = metrics.every_doc_once(packing, kept, doc_tokens, sep_tokens) and (
+        len(kept) + n_duplicates == n_documents
+    )
+    return {
+        "n_documents": n_documents,
+        "n_rejected": n_rejected,
+        "n_duplicates": n_duplicates,
+        "n_kept": int(len(kept)),
+        "n_contexts": packing.n_contexts,
+        "every_doc_once": bool(once),
+        "adjacent_sim_mean": current["adjacent_sim_mean"],
+        "random_adjacent_sim_mean": random["adjacent_sim_mean"],
+        "context_pairwise_sim_mean": current["context_pairwise_sim_mean"],
+        "jump_rate": current["jump_rate"],
+        "token_efficiency": current["token_efficiency"],
+        "label_agreement": current["label_agreement"],
+        "context_cache_gain": current["context_cache_gain"],
+        "label_field": label_field,
+        "order": params.order,
+        "k": params.k,
+        "context_length": params.context_length,
+        "pack": params.pack,
+        "dedup_threshold": params.dedup_threshold,
+        "random": {k: v for k, v in random.items()},
+    }
+
+
+def latest_metrics(ws: Workspace, params: Params) -> dict[str, Any]:
+    """The stored metrics of the current parameters (run the metrics stage first)."""
+    import json
+
+    row = ws.one(
+        "SELECT result FROM metrics WHERE order_method = ? AND k = ? AND context_length = ? "
+        "AND pack = ? AND dedup_threshold IS NOT DISTINCT FROM ? ORDER BY computed_at DESC LIMIT 1",
+        [params.order, params.k, params.context_length, params.pack, params.dedup_threshold],
+    )
+    if row is None:
+        raise IcpError("no metrics for these parameters yet; run `icp metrics`")
+    return json.loads(row[0])
+
+
+def check_invariants(ws: Workspace) -> list[str]:
+    """Problems found (empty = all good): every input row is a kept document, a recorded
+    duplicate or a reject; every kept document is in the path once and its tokens are packed
+    exactly once; no context exceeds the context length."""
+    problems = []
+    for table in ("ordering", "contexts", "duplicates", "order_drops"):
+        if not ws.has_table(table):
+            return [f"table {table} missing: run `icp run` first"]
+    n_docs = ws.n_documents()
+    removed = ws.column("SELECT doc FROM duplicates UNION ALL SELECT doc FROM order_drops")
+    ordered = ws.column("SELECT doc FROM ordering")
+    if len(np.unique(removed)) != len(removed):
+        problems.append("a document is recorded as removed twice")
+    if len(np.unique(ordered)) != len(ordered):
+        problems.append("a document appears twice in the ordering")
+    accounted = np.concatenate([removed, ordered]).astype(np.int64)
+    if len(accounted) != n_docs or not np.array_equal(np.sort(accounted), np.arange(n_docs)):
+        problems.append(
+            f"documents in ({n_docs}) != kept ({len(ordered)}) + removed ({len(removed)})"
+        )
+    pack_state = ws.stage_state("pack")
+    if pack_state is None:
+        return problems + ["pack stage never ran"]
+    length = pack_state["params"]["context_length"]
+    sep_tokens = len(pack_state["params"].get("separator_ids") or [1])
+    packing = read_packing(ws)
+    over = int((packing.context_tokens() > length).sum())
+    if over:
+        problems.append(f"{over} contexts exceed {length} tokens")
+    key = pack_state["params"]["tokenizer_key"]
+    doc_tokens = ws.column(
+        """SELECT coalesce(t.n_tokens, -1) FROM documents d LEFT JOIN
+           (SELECT text_hash, any_value(n_tokens) AS n_tokens FROM token_cache
+            WHERE tokenizer_key = ? GROUP BY text_hash) t USING (text_hash) ORDER BY d.doc""",
+        [key],
+        dtype=np.int64,
+    )
+    if not metrics.every_doc_once(
+        packing, np.sort(ordered.astype(np.int64)), doc_tokens, sep_tokens
+    ):
+        problems.append("packed pieces do not cover every kept document's tokens exactly once")
+    return problems
