@@ -7,7 +7,12 @@ call these. Each kernel has a plain-Python reference in the tests.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from icp_core.errors import IcpError
 
 # ---------------------------------------------------------------------------------------------
 # kNN graph as undirected CSR
@@ -112,57 +117,213 @@ def transitions_on_edges(indptr, nbr, order):
 # ---------------------------------------------------------------------------------------------
 
 
+# Algorithm 1 works on the kNN lists themselves plus an in-edge list per document, not on a
+# sorted, deduplicated undirected CSR: the walk only needs the best unvisited neighbour, which
+# a branch-free max over both lists gives without sorting (a mutual pair listed twice simply
+# offers its larger weight). A candidate is one uint64 key: the weight's bits mapped to an
+# order-preserving uint32 in the high half, 2**32 - 1 - id in the low half, so the largest key
+# is the most similar neighbour, ties to the lowest id.
+
+_LOW_HALF = np.uint64(0xFFFFFFFF)
+
+
+@njit(inline="always")
+def _edge_key(weight, doc):
+    """The candidate key of `doc` reached over an edge of `weight` (float32)."""
+    positive_zero = np.float32(np.float32(weight) + np.float32(0.0))  # -0.0 + 0.0 is +0.0
+    bits = np.uint32(positive_zero.view(np.uint32))
+    sign = np.uint32(0x80000000)
+    ordered = ~bits if bits & sign else bits | sign  # negatives reversed, below positives
+    return (np.uint64(ordered) << np.uint64(32)) | (_LOW_HALF - np.uint64(doc))
+
+
+@njit(inline="always")
+def _key_doc(key):
+    return np.int64(_LOW_HALF - (key & _LOW_HALF))
+
+
+@njit(inline="always")
+def _is_set(bits, i):
+    return (bits[i >> 6] >> np.uint64(i & 63)) & np.uint64(1)
+
+
+@intrinsic
+def _prefetch(typingctx, array, index):
+    """Hint the CPU to load array[index] into cache (llvm.prefetch); no effect on results."""
+    if not isinstance(array, types.Array) or not isinstance(index, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array_type, index_type = signature.args
+        data = context.make_array(array_type)(context, builder, args[0])
+        offset = context.cast(builder, args[1], index_type, types.intp)
+        pointer = cgutils.get_item_pointer(
+            context, builder, array_type, data, [offset], wraparound=False
+        )
+        int32 = ir.IntType(32)
+        byte_pointer = builder.bitcast(pointer, ir.IntType(8).as_pointer())
+        function_type = ir.FunctionType(ir.VoidType(), [byte_pointer.type, int32, int32, int32])
+        function = cgutils.get_or_insert_function(builder.module, function_type, "llvm.prefetch.p0")
+        builder.call(function, [byte_pointer, int32(0), int32(3), int32(1)])  # read, keep, data
+        return context.get_dummy_value()
+
+    return types.void(array, index), codegen
+
+
 @njit(cache=True)
-def order_by_degree(indptr):
-    """Documents sorted by degree ascending, ties by id (a counting sort, O(N))."""
-    n = indptr.shape[0] - 1
-    max_deg = 0
+def count_in_edges(ids, in_ptr):
+    """in_ptr[j + 1] += number of lists naming j (self and -1 skipped), then prefix sums.
+
+    in_ptr: (N+1,) zeros of an integer type wide enough for N*k (uint32 halves the traffic).
+    """
+    n, k = ids.shape
     for i in range(n):
-        d = indptr[i + 1] - indptr[i]
-        if d > max_deg:
-            max_deg = d
-    counts = np.zeros(max_deg + 2, dtype=np.int64)
+        for c in range(k):
+            j = ids[i, c]
+            if j >= 0 and j != i:
+                in_ptr[j + 1] += 1
     for i in range(n):
-        counts[indptr[i + 1] - indptr[i] + 1] += 1
-    for d in range(1, max_deg + 2):
+        in_ptr[i + 1] += in_ptr[i]
+
+
+@njit(cache=True)
+def fill_in_edges(ids, sims, in_ptr, in_keys):
+    """in_keys[in_ptr[j]:in_ptr[j+1]] = keys of the documents listing j, in source order.
+
+    in_ptr comes from `count_in_edges`; it is used as the fill cursor and restored.
+    """
+    n, k = ids.shape
+    for i in range(n):
+        for c in range(k):
+            j = ids[i, c]
+            if j >= 0 and j != i:
+                slot = in_ptr[j]
+                in_keys[slot] = _edge_key(sims[i, c], i)
+                in_ptr[j] = slot + 1
+    for i in range(n, 0, -1):
+        in_ptr[i] = in_ptr[i - 1]
+    in_ptr[0] = 0
+
+
+@njit(cache=True)
+def degrees_and_best_in(ids, in_ptr, in_keys, stamp, degree, best_in):
+    """degree[i]: distinct neighbours of i in the undirected graph; best_in[i]: largest
+    in-edge key of i (0 when none). stamp: (N,) int32 filled with -1, scratch."""
+    n, k = ids.shape
+    for i in range(n):
+        distinct = 0
+        for c in range(k):
+            j = ids[i, c]
+            if j >= 0 and j != i:
+                distinct += stamp[j] != i
+                stamp[j] = i
+        best = np.uint64(0)
+        for e in range(in_ptr[i], in_ptr[i + 1]):
+            key = in_keys[e]
+            j = _key_doc(key)
+            distinct += stamp[j] != i
+            stamp[j] = i
+            best = max(best, key)
+        degree[i] = distinct
+        best_in[i] = best
+
+
+@njit(cache=True)
+def order_by_degree(degree, out):
+    """out = documents sorted by degree ascending, ties by id (a counting sort, O(N))."""
+    n = degree.shape[0]
+    max_degree = 0
+    for i in range(n):
+        max_degree = max(max_degree, degree[i])
+    counts = np.zeros(max_degree + 2, dtype=np.int64)
+    for i in range(n):
+        counts[degree[i] + 1] += 1
+    for d in range(1, max_degree + 2):
         counts[d] += counts[d - 1]
-    out = np.empty(n, dtype=np.int64)
     for i in range(n):
-        d = indptr[i + 1] - indptr[i]
+        d = degree[i]
         out[counts[d]] = i
         counts[d] += 1
-    return out
 
 
 @njit(cache=True)
-def icp_walk(indptr, nbr):
-    """Algorithm 1 of the paper over a CSR graph whose rows are sorted best first.
+def icp_walk(ids, sims, in_ptr, in_keys, best_in, starts, visited, order):
+    """Algorithm 1 of the paper: start at an unvisited document of minimum degree, step to the
+    most similar unvisited neighbour (own list or in-edges; ties to the lowest id), restart at
+    the next unvisited document of minimum degree when none is left.
 
-    Start at an unvisited document of minimum degree; step to the most similar unvisited
-    neighbour (the first unvisited in the sorted row); when none is left, restart at the next
-    unvisited document of minimum degree. Returns (N,) int64 order.
+    starts: documents by (degree, id); visited: (ceil(N/64),) uint64 zeros; order: (N,) out.
+    The walk is bound by memory latency, so each step prefetches what the next steps may read
+    (the rows of its unvisited candidates), and skips the in-edges when even the best of them
+    (best_in) loses to the best own-list candidate.
     """
-    n = indptr.shape[0] - 1
-    starts = order_by_degree(indptr)
-    visited = np.zeros(n, dtype=np.bool_)
-    order = np.empty(n, dtype=np.int64)
+    n, k = ids.shape
+    flat_ids = ids.reshape(n * k)
+    flat_sims = sims.reshape(n * k)
     next_start = 0
+    cur = np.int64(starts[0])
     for pos in range(n):
-        if pos == 0:
-            cur = starts[0]
-        else:
-            cur = -1
-            prev = order[pos - 1]
-            for e in range(indptr[prev], indptr[prev + 1]):
-                if not visited[nbr[e]]:
-                    cur = nbr[e]
-                    break
-            if cur < 0:
-                while visited[starts[next_start]]:
-                    next_start += 1
-                cur = starts[next_start]
-        visited[cur] = True
+        visited[cur >> 6] |= np.uint64(1) << np.uint64(cur & 63)
         order[pos] = cur
+        # Masks instead of ifs: whether a neighbour is visited is a coin toss for the branch
+        # predictor, and each misprediction costs more than the arithmetic.
+        best = np.uint64(0)
+        for c in range(k):
+            j = max(np.int64(ids[cur, c]), 0)
+            free = np.int64((ids[cur, c] >= 0) & (_is_set(visited, j) == 0))
+            ahead = cur + ((j - cur) & -free)  # j when free, else cur (already cached)
+            _prefetch(flat_ids, ahead * k)
+            _prefetch(flat_sims, ahead * k)
+            _prefetch(best_in, ahead)
+            _prefetch(in_ptr, ahead)
+            best = max(best, _edge_key(sims[cur, c], j) & -np.uint64(free))
+        if best_in[cur] > best:
+            for e in range(in_ptr[cur], in_ptr[cur + 1]):
+                key = in_keys[e]
+                j = _key_doc(key)
+                free = np.int64(_is_set(visited, j) == 0)
+                ahead = cur + ((j - cur) & -free)
+                _prefetch(flat_ids, ahead * k)
+                _prefetch(flat_sims, ahead * k)
+                _prefetch(best_in, ahead)
+                _prefetch(in_ptr, ahead)
+                best = max(best, key & -np.uint64(free))
+        if best != 0:
+            cur = _key_doc(best)
+        elif pos + 1 < n:
+            while _is_set(visited, np.int64(starts[next_start])):
+                next_start += 1
+            cur = np.int64(starts[next_start])
+
+
+def icp_order(ids: np.ndarray, sims: np.ndarray) -> np.ndarray:
+    """Algorithm 1 over (N, k) kNN lists (int32/int64 ids, -1 = none; float32 sims).
+
+    Large arrays are allocated here with numpy rather than inside the kernels: numpy asks the
+    kernel for huge pages, which spares the walk most of its TLB misses.
+
+    Returns:
+        (N,) int64 order.
+    """
+    n_docs = ids.shape[0]
+    if n_docs >= 2**32 - 1:
+        raise IcpError(
+            f"{n_docs} documents: the icp order handles up to 2**32 - 2; split the corpus"
+        )
+    in_ptr = np.zeros(n_docs + 1, dtype=np.uint32 if ids.size < 2**32 else np.int64)
+    count_in_edges(ids, in_ptr)
+    in_keys = np.empty(int(in_ptr[n_docs]), dtype=np.uint64)
+    fill_in_edges(ids, sims, in_ptr, in_keys)
+    stamp = np.full(n_docs, -1, dtype=np.int32 if n_docs < 2**31 else np.int64)
+    degree = np.empty(n_docs, dtype=np.int32)
+    best_in = np.empty(n_docs, dtype=np.uint64)
+    degrees_and_best_in(ids, in_ptr, in_keys, stamp, degree, best_in)
+    starts = stamp  # the scratch array is free again: reuse its memory
+    order_by_degree(degree, starts)
+    del degree
+    visited = np.zeros((n_docs + 63) // 64, dtype=np.uint64)
+    order = np.empty(n_docs, dtype=np.int64)
+    icp_walk(ids, sims, in_ptr, in_keys, best_in, starts, visited, order)
     return order
 
 

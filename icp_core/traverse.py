@@ -53,8 +53,7 @@ def build_graph(
 
 def _order_icp(ids: np.ndarray, sims: np.ndarray, seed: int) -> np.ndarray:
     """Algorithm 1 of Shi et al.: greedy max-similarity walk with min-degree restarts."""
-    indptr, nbr, _ = _kernels.build_undirected_csr(ids, sims)
-    return _kernels.icp_walk(indptr, nbr)
+    return _kernels.icp_order(ids, sims)
 
 
 def _order_original(ids: np.ndarray, sims: np.ndarray, seed: int) -> np.ndarray:
