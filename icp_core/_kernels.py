@@ -504,6 +504,29 @@ def pack_pieces(order, doc_tokens, sep_tokens, context_length, whole):
     )
 
 
+@njit(cache=True)
+def write_piece_tokens(doc_ids, doc_offsets, piece_doc, start, end, sep, sep_ids, out, position):
+    """Write pieces' tokens, each followed by its part of the separator, into out[position:].
+
+    doc_ids/doc_offsets: the pieces' documents' token ids, document d (local numbering) at
+    doc_ids[doc_offsets[d]:doc_offsets[d + 1]]; piece_doc, start, end, sep: per piece (see
+    `pack_pieces`). A piece carries the separator's head, or its tail when a multi-token
+    separator was cut by a context boundary and the piece holds no document tokens.
+    Returns the position after the last token written.
+    """
+    n_sep = sep_ids.shape[0]
+    for p in range(piece_doc.shape[0]):
+        base = doc_offsets[piece_doc[p]]
+        for t in range(start[p], end[p]):
+            out[position] = doc_ids[base + t]
+            position += 1
+        first = n_sep - sep[p] if start[p] == end[p] and start[p] > 0 else 0
+        for t in range(sep[p]):
+            out[position] = sep_ids[first + t]
+            position += 1
+    return position
+
+
 # ---------------------------------------------------------------------------------------------
 # Metrics
 # ---------------------------------------------------------------------------------------------

@@ -26,13 +26,13 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from icp_core import __version__, pack, stages
+from icp_core import __version__, _kernels, pack, stages
 from icp_core.errors import IcpError
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 
 FORMATS = ("jsonl", "parquet", "tokens")
-_CONTEXT_BATCH = 512
+_PIECE_ROWS = 4096
 
 Report = Callable[[int, int], None]
 
@@ -41,17 +41,48 @@ def _noop(done: int, total: int) -> None:
     return None
 
 
-def piece_char_span(tokenizer, text: str, start: int, end: int, n_tokens: int) -> tuple[int, int]:
-    """Characters of `text` that tokens [start, end) cover; consecutive pieces of one document
-    tile the text exactly (the first starts at 0, the last ends at len(text))."""
-    if start == 0 and end == n_tokens:
-        return 0, len(text)
-    offsets = tokenizer.encode(text, add_special_tokens=False).offsets
+def piece_char_spans(
+    tokenizer,
+    texts: list[str],
+    docs: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    n_tokens: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Characters of each piece's text that its tokens [start, end) cover.
 
-    def char_at(token: int) -> int:
-        return 0 if token == 0 else len(text) if token >= n_tokens else offsets[token][0]
+    Consecutive pieces of one document tile its text exactly (the first starts at 0, the last
+    ends at len(text)). Only documents cut into several pieces are tokenized again (once
+    each, for the character offsets); whole documents need no tokenizer.
 
-    return char_at(start), char_at(end)
+    Args:
+        texts: per piece, its document's text; docs: (P,) document of each piece.
+        start, end: (P,) token span of each piece; n_tokens: (P,) its document's token count.
+
+    Returns:
+        lo, hi: (P,) int64 character offsets, piece text = texts[p][lo[p]:hi[p]].
+    """
+    length = np.fromiter((len(text) for text in texts), dtype=np.int64, count=len(texts))
+    whole = (start == 0) & (end == n_tokens)
+    # a bound at 0 is the text's start, one at the document's end (or past it, inside its
+    # separator) the text's end; the bounds in between need the tokenizer's offsets
+    lo = np.where(whole | (start == 0), 0, np.where(start >= n_tokens, length, -1))
+    hi = np.where(whole, length, np.where(end == 0, 0, np.where(end >= n_tokens, length, -1)))
+    inner = np.flatnonzero((lo < 0) | (hi < 0))
+    if len(inner) == 0:
+        return lo, hi
+    _, first, which = np.unique(docs[inner], return_index=True, return_inverse=True)
+    encodings = tokenizer.encode_batch([texts[inner[i]] for i in first], add_special_tokens=False)
+    token_char = [
+        np.fromiter((o[0] for o in e.offsets), dtype=np.int64, count=len(e.offsets))
+        for e in encodings
+    ]
+    for row, doc_index in zip(inner.tolist(), which.tolist(), strict=True):
+        if lo[row] < 0:
+            lo[row] = token_char[doc_index][start[row]]
+        if hi[row] < 0:
+            hi[row] = token_char[doc_index][end[row]]
+    return lo, hi
 
 
 def separator_part(sep_ids: np.ndarray, sep: int, start: int, end: int) -> np.ndarray:
@@ -61,105 +92,149 @@ def separator_part(sep_ids: np.ndarray, sep: int, start: int, end: int) -> np.nd
     return sep_ids[len(sep_ids) - sep :] if continuation else sep_ids[:sep]
 
 
-def _context_batches(ws: Workspace, n_contexts: int) -> Iterator[pa.Table]:
-    for first in range(0, n_contexts, _CONTEXT_BATCH):
-        yield ws.arrow(
-            """SELECT c.context, c.slot, c.doc, c.token_start, c.token_end, c.sep_tokens,
-                      d.id, d.text, t.n_tokens
-               FROM contexts c JOIN documents d USING (doc)
-               JOIN (SELECT text_hash, any_value(n_tokens) AS n_tokens FROM token_cache
-                     WHERE tokenizer_key = ? GROUP BY text_hash) t USING (text_hash)
-               WHERE c.context >= ? AND c.context < ?
-               ORDER BY c.context, c.slot""",
-            [_tokenizer_key(ws), first, first + _CONTEXT_BATCH],
-        )
+_PIECES_SQL = """
+    SELECT c.context, c.doc, c.token_start, c.token_end, c.sep_tokens,
+           max(c.token_end) OVER (PARTITION BY c.doc) AS n_tokens, d.id, d.text, d.text_hash
+    FROM contexts c JOIN documents d USING (doc)
+    ORDER BY c.context, c.slot"""
+
+
+def _pieces(ws: Workspace) -> Iterator[pa.Table]:
+    """The packed pieces in (context, slot) order with their documents, streamed in tables
+    of about `_PIECE_ROWS` pieces that each hold whole contexts.
+
+    A document's token count is the end of its last piece (its pieces tile its tokens).
+    """
+    held: pa.Table | None = None
+    for batch in ws.arrow_batches(_PIECES_SQL, rows=_PIECE_ROWS):
+        table = pa.Table.from_batches([batch])
+        if held is not None:
+            table = pa.concat_tables([held, table])
+        context = table.column("context").to_numpy()
+        last_context_start = int(np.searchsorted(context, context[-1]))
+        if last_context_start > 0:
+            yield table.slice(0, last_context_start)
+        held = table.slice(last_context_start)
+    if held is not None and held.num_rows:
+        yield held
+
+
+def _piece_arrays(table: pa.Table) -> tuple[np.ndarray, ...]:
+    return tuple(
+        table.column(name).to_numpy().astype(np.int64)
+        for name in ("context", "doc", "token_start", "token_end", "sep_tokens", "n_tokens")
+    )
 
 
 def _tokenizer_key(ws: Workspace) -> str:
     return ws.stage_state("pack")["params"]["tokenizer_key"]
 
 
-def _text_rows(ws: Workspace, params: Params, report: Report) -> Iterator[dict[str, Any]]:
-    """One dict per context: context, text, doc_ids, n_tokens."""
+def _context_tables(ws: Workspace, params: Params, report: Report) -> Iterator[pa.Table]:
+    """Tables of contexts: context, text (pieces joined, separators included), doc_ids,
+    n_tokens."""
     tokenizer = pack.load_tokenizer(str(stages._tokenizer_for(params)))
     sep_ids = np.asarray(stages.separator_for(params), dtype=np.int64)
+    separator_texts: dict[tuple[int, bool], str] = {}
+
+    def separator_text(sep: int, start: int, end: int) -> str:
+        key = (sep, start == end and start > 0)
+        if key not in separator_texts:
+            part = separator_part(sep_ids, sep, start, end).tolist()
+            separator_texts[key] = tokenizer.decode(part, skip_special_tokens=False)
+        return separator_texts[key]
+
     n_contexts = int(ws.scalar("SELECT count(DISTINCT context) FROM contexts"))
     done = 0
-    for batch in _context_batches(ws, n_contexts):
-        columns = {name: batch.column(name).to_pylist() for name in batch.column_names}
-        current: dict[str, Any] | None = None
-        for i in range(batch.num_rows):
-            if current is None or current["context"] != columns["context"][i]:
-                if current is not None:
-                    yield _finish(current)
-                current = {"context": columns["context"][i], "parts": [], "doc_ids": [], "n": 0}
-            text = columns["text"][i]
-            start, end = columns["token_start"][i], columns["token_end"][i]
-            lo, hi = piece_char_span(tokenizer, text, start, end, columns["n_tokens"][i])
-            sep = columns["sep_tokens"][i]
-            sep_text = (
-                tokenizer.decode(
-                    separator_part(sep_ids, sep, start, end).tolist(), skip_special_tokens=False
-                )
-                if sep
-                else ""
+    for table in _pieces(ws):
+        context, docs, start, end, sep, n_tokens = _piece_arrays(table)
+        texts = table.column("text").to_pylist()
+        lo, hi = piece_char_spans(tokenizer, texts, docs, start, end, n_tokens)
+        parts = [
+            text[a:b] + (separator_text(s, p, q) if s else "")
+            for text, a, b, s, p, q in zip(
+                texts,
+                lo.tolist(),
+                hi.tolist(),
+                sep.tolist(),
+                start.tolist(),
+                end.tolist(),
+                strict=True,
             )
-            current["parts"].append(text[lo:hi] + sep_text)
-            current["doc_ids"].append(columns["id"][i])
-            current["n"] += end - start + columns["sep_tokens"][i]
-        if current is not None:
-            yield _finish(current)
-        done = min(done + _CONTEXT_BATCH, n_contexts)
+        ]
+        firsts = np.flatnonzero(np.diff(context, prepend=-1))
+        bounds = [*firsts.tolist(), len(parts)]
+        yield pa.table(
+            {
+                "context": pa.array(context[firsts], pa.int64()),
+                "text": pa.array(
+                    ["".join(parts[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
+                    pa.string(),
+                ),
+                "doc_ids": pa.ListArray.from_arrays(
+                    pa.array(bounds, pa.int32()), table.column("id").combine_chunks()
+                ),
+                "n_tokens": pa.array(np.add.reduceat(end - start + sep, firsts), pa.int64()),
+            },
+            schema=_CONTEXT_SCHEMA,
+        )
+        done += len(firsts)
         report(done, n_contexts)
 
 
-def _finish(current: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "context": current["context"],
-        "text": "".join(current["parts"]),
-        "doc_ids": current["doc_ids"],
-        "n_tokens": current["n"],
-    }
+_CONTEXT_SCHEMA = pa.schema(
+    [
+        ("context", pa.int64()),
+        ("text", pa.string()),
+        ("doc_ids", pa.list_(pa.string())),
+        ("n_tokens", pa.int64()),
+    ]
+)
 
 
-def _write_jsonl(rows: Iterator[dict[str, Any]], path: Path) -> int:
+def _write_jsonl(tables: Iterator[pa.Table], path: Path) -> int:
     count = 0
     with open(path, "wb") as handle:
-        for row in rows:
-            handle.write(orjson.dumps(row) + b"\n")
-            count += 1
+        for table in tables:
+            handle.write(b"".join(orjson.dumps(row) + b"\n" for row in table.to_pylist()))
+            count += table.num_rows
     return count
 
 
-def _write_parquet(rows: Iterator[dict[str, Any]], path: Path) -> int:
+def _write_parquet(tables: Iterator[pa.Table], path: Path) -> int:
     import pyarrow.parquet as pq
 
-    schema = pa.schema(
-        [
-            ("context", pa.int64()),
-            ("text", pa.string()),
-            ("doc_ids", pa.list_(pa.string())),
-            ("n_tokens", pa.int64()),
-        ]
-    )
     count = 0
-    with pq.ParquetWriter(path, schema) as writer:
-        buffer: list[dict[str, Any]] = []
-        for row in rows:
-            buffer.append(row)
-            if len(buffer) == _CONTEXT_BATCH:
-                writer.write_table(pa.Table.from_pylist(buffer, schema=schema))
-                count += len(buffer)
-                buffer = []
-        if buffer or count == 0:
-            writer.write_table(pa.Table.from_pylist(buffer, schema=schema))
-            count += len(buffer)
+    with pq.ParquetWriter(path, _CONTEXT_SCHEMA) as writer:
+        for table in tables:
+            writer.write_table(table)
+            count += table.num_rows
+        if count == 0:
+            writer.write_table(_CONTEXT_SCHEMA.empty_table())
     return count
+
+
+def _document_ids(
+    tokenizer, key: str, texts: list[str], hashes: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of documents (flat ids, offsets as `pack.token_ids`), reusing the ids the
+    pack stage of this process kept, tokenizing the others in one batch."""
+    kept = [pack.RECENT_TOKEN_IDS.get(key, text_hash) for text_hash in hashes]
+    missing = [row for row, ids in enumerate(kept) if ids is None]
+    if missing:
+        ids, offsets = pack.token_ids(tokenizer, [texts[row] for row in missing])
+        for i, row in enumerate(missing):
+            kept[row] = ids[offsets[i] : offsets[i + 1]]
+    offsets = np.zeros(len(kept) + 1, dtype=np.int64)
+    np.cumsum([len(ids) for ids in kept], out=offsets[1:])
+    flat = np.concatenate(kept) if kept else np.zeros(0, dtype=np.uint32)
+    return flat.astype(np.uint32, copy=False), offsets
 
 
 def _write_tokens(ws: Workspace, params: Params, folder: Path, report: Report) -> dict[str, Any]:
     tokenizer = pack.load_tokenizer(str(stages._tokenizer_for(params)))
-    sep_ids = np.asarray(stages.separator_for(params), dtype=np.int64)
+    key = _tokenizer_key(ws)
+    sep_ids = np.asarray(stages.separator_for(params), dtype=np.uint32)
     dtype = np.uint16 if tokenizer.get_vocab_size(with_added_tokens=True) <= 2**16 else np.uint32
     packing = stages.read_packing(ws)
     total = int(packing.tokens.sum())
@@ -167,20 +242,21 @@ def _write_tokens(ws: Workspace, params: Params, folder: Path, report: Report) -
     np.cumsum(packing.context_tokens(), out=offsets[1:])
     flat = np.memmap(folder / "tokens.bin", dtype=dtype, mode="w+", shape=(max(total, 1),))
     position = 0
-    for batch in _context_batches(ws, packing.n_contexts):
-        texts = batch.column("text").to_pylist()
-        encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        starts = batch.column("token_start").to_pylist()
-        ends = batch.column("token_end").to_pylist()
-        seps = batch.column("sep_tokens").to_pylist()
-        for encoding, start, end, sep in zip(encodings, starts, ends, seps, strict=True):
-            piece = np.asarray(encoding.ids[start:end], dtype=np.int64)
-            flat[position : position + len(piece)] = piece
-            position += len(piece)
-            if sep:
-                flat[position : position + sep] = separator_part(sep_ids, sep, start, end)
-                position += sep
+    for table in _pieces(ws):
+        _, docs, start, end, sep, _ = _piece_arrays(table)
+        _, first, local_doc = np.unique(docs, return_index=True, return_inverse=True)
+        texts = table.column("text").take(pa.array(first)).to_pylist()
+        hashes = table.column("text_hash").take(pa.array(first)).to_pylist()
+        doc_ids, doc_offsets = _document_ids(tokenizer, key, texts, hashes)
+        position = _kernels.write_piece_tokens(
+            doc_ids, doc_offsets, local_doc, start, end, sep, sep_ids, np.asarray(flat), position
+        )
         report(int(np.searchsorted(offsets, position, side="right")) - 1, packing.n_contexts)
+    if position != total:
+        raise IcpError(
+            f"token export wrote {position} tokens where the packing holds {total}; "
+            "the tokenizer changed since `icp pack`: re-run it"
+        )
     flat.flush()
     del flat
     if total == 0:
@@ -237,11 +313,11 @@ def export_contexts(
         files_info: dict[str, Any] = {}
         if fmt == "jsonl":
             files_info["n_contexts"] = _write_jsonl(
-                _text_rows(ws, params, report), staging / "contexts.jsonl"
+                _context_tables(ws, params, report), staging / "contexts.jsonl"
             )
         elif fmt == "parquet":
             files_info["n_contexts"] = _write_parquet(
-                _text_rows(ws, params, report), staging / "contexts.parquet"
+                _context_tables(ws, params, report), staging / "contexts.parquet"
             )
         else:
             files_info.update(_write_tokens(ws, params, staging, report))

@@ -19,6 +19,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -100,13 +101,71 @@ def separator_ids(tokenizer, separator: str | None = None) -> list[int]:
     return ids
 
 
-def count_tokens(tokenizer, texts: list[str], report: Report = _noop) -> np.ndarray:
-    """(len(texts),) int64 token counts, no special tokens, batch-encoded."""
+def token_ids(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of `texts`, no special tokens, in one batch call.
+
+    Returns:
+        ids: (total,) uint32, the texts' ids one after the other.
+        offsets: (len(texts) + 1,) int64; text i is ids[offsets[i]:offsets[i + 1]].
+    """
+    encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    id_lists = [encoding.ids for encoding in encodings]
+    offsets = np.zeros(len(texts) + 1, dtype=np.int64)
+    np.cumsum([len(ids) for ids in id_lists], out=offsets[1:])
+    flat = np.fromiter(chain.from_iterable(id_lists), dtype=np.uint32, count=int(offsets[-1]))
+    return flat, offsets
+
+
+class RecentTokenIds:
+    """Token ids of the texts counted last, by text hash, for one tokenizer at a time.
+
+    `icp run --out` counts every text's tokens in the pack stage and exports the same texts a
+    moment later in the same process; keeping the ids spares the export a second
+    tokenization, the largest cost of packing. Texts beyond `max_tokens` are not kept (the
+    export then tokenizes them itself), so memory stays bounded.
+    """
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self._key: str | None = None
+        self._ids: dict[str, np.ndarray] = {}
+        self._size = 0
+
+    def keep(self, key: str, hashes: list[str], ids: np.ndarray, offsets: np.ndarray) -> None:
+        """Remember the ids of texts `hashes` (as returned by `token_ids`) under tokenizer `key`."""
+        if key != self._key:
+            self._key, self._ids, self._size = key, {}, 0
+        room = self.max_tokens - self._size
+        fits = int(np.searchsorted(offsets, room, side="right")) - 1
+        for row in range(min(fits, len(hashes))):
+            self._ids[hashes[row]] = ids[offsets[row] : offsets[row + 1]]
+        self._size += int(offsets[min(fits, len(hashes))])
+
+    def get(self, key: str, text_hash: str) -> np.ndarray | None:
+        return self._ids.get(text_hash) if key == self._key else None
+
+
+RECENT_TOKEN_IDS = RecentTokenIds(max_tokens=1 << 26)  # 64M tokens, 256 MiB
+
+
+def count_tokens(
+    tokenizer,
+    texts: list[str],
+    report: Report = _noop,
+    keep_as: tuple[str, list[str]] | None = None,
+) -> np.ndarray:
+    """(len(texts),) int64 token counts, no special tokens, batch-encoded.
+
+    keep_as: (tokenizer key, text hashes); when given, the ids go to `RECENT_TOKEN_IDS`.
+    """
     counts = np.zeros(len(texts), dtype=np.int64)
     for start in range(0, len(texts), _TOKENIZE_BATCH):
         batch = texts[start : start + _TOKENIZE_BATCH]
-        encodings = tokenizer.encode_batch_fast(batch, add_special_tokens=False)
-        counts[start : start + len(batch)] = [len(encoding.ids) for encoding in encodings]
+        ids, offsets = token_ids(tokenizer, batch)
+        counts[start : start + len(batch)] = np.diff(offsets)
+        if keep_as is not None:
+            key, hashes = keep_as
+            RECENT_TOKEN_IDS.keep(key, hashes[start : start + len(batch)], ids, offsets)
         report(start + len(batch), len(texts))
     return counts
 

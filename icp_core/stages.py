@@ -503,7 +503,9 @@ def document_tokens(ws: Workspace, params: Params, report: Report = _noop) -> np
     )
     if missing.num_rows:
         tokenizer = pack.load_tokenizer(path)
-        counts = pack.count_tokens(tokenizer, missing.column("text").to_pylist(), report)
+        hashes = missing.column("text_hash").to_pylist()
+        texts = missing.column("text").to_pylist()
+        counts = pack.count_tokens(tokenizer, texts, report, keep_as=(key, hashes))
         with ws.transaction():
             ws.append_table(
                 "token_cache",

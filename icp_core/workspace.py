@@ -206,6 +206,17 @@ class Workspace:
         """Run a query and return its result as an Arrow table (one bulk transfer)."""
         return self.con.sql(sql, params=params or None).to_arrow_table()
 
+    def arrow_batches(
+        self, sql: str, params: list[Any] | None = None, rows: int = 4096
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream a query's result as Arrow record batches of up to `rows` rows, on a cursor
+        of its own so that other queries may run while it is read."""
+        cursor = self.con.cursor()
+        try:
+            yield from cursor.sql(sql, params=params or None).to_arrow_reader(rows)
+        finally:
+            cursor.close()
+
     def scalar(self, sql: str, params: list[Any] | None = None) -> Any:
         row = self.one(sql, params)
         return row[0] if row else None

@@ -230,3 +230,43 @@ def test_order_by_degree_is_a_stable_counting_sort() -> None:
     out = np.empty(1000, dtype=np.int32)
     _kernels.order_by_degree(degree, out)
     assert out.tolist() == sorted(range(1000), key=lambda d: (degree[d], d))
+
+
+# ---------------------------------------------------------------------------------------------
+# Token export
+# ---------------------------------------------------------------------------------------------
+
+
+def reference_piece_tokens(doc_tokens, piece_doc, start, end, sep, sep_ids) -> list[int]:
+    out: list[int] = []
+    for d, a, b, s in zip(piece_doc, start, end, sep, strict=True):
+        out += list(doc_tokens[d][a:b])
+        continuation = a == b and a > 0
+        out += list(sep_ids[len(sep_ids) - s :] if continuation else sep_ids[:s])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_write_piece_tokens_matches_reference_on_random_packings(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_docs = int(rng.integers(1, 30))
+    lengths = rng.integers(0, 40, size=n_docs)
+    lengths[rng.random(n_docs) < 0.2] = 0  # empty documents carry only their separator
+    doc_tokens = [rng.integers(0, 60000, size=n).astype(np.uint32) for n in lengths]
+    sep_ids = rng.integers(0, 60000, size=int(rng.integers(1, 4))).astype(np.uint32)
+    order = rng.permutation(n_docs).astype(np.int64)
+    context_length = int(rng.integers(len(sep_ids) + 1, 50))
+    _, piece_doc, start, end, sep = _kernels.pack_pieces(
+        order, lengths.astype(np.int64), len(sep_ids), context_length, bool(seed % 2)
+    )
+    offsets = np.zeros(n_docs + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.concatenate(doc_tokens) if n_docs else np.zeros(0, dtype=np.uint32)
+    expected = reference_piece_tokens(doc_tokens, piece_doc, start, end, sep, sep_ids)
+    out = np.full(len(expected) + 5, 7, dtype=np.uint32)
+    position = _kernels.write_piece_tokens(
+        flat.astype(np.uint32), offsets, piece_doc, start, end, sep, sep_ids, out, 2
+    )
+    assert position == 2 + len(expected)
+    assert out[2:position].tolist() == expected
+    assert out[:2].tolist() == [7, 7] and out[position:].tolist() == [7] * 3
