@@ -1,7 +1,19 @@
 """kNN: each document's top-k most similar documents (inner product of unit vectors = cosine).
 
-Exact search below `EXACT_MAX_DOCS`, an IVF index above it (trained on a sample, probed
-widely enough for recall@10 >= 0.95 on real embeddings; see benchmarks/bench_knn.py).
+`auto` searches exactly (faiss IndexFlatIP) up to `EXACT_MAX_DOCS` documents and with an
+inverted-file index above (`ivf`), tuned in benchmarks/bench_knn.py:
+
+- `ivf` = IndexIVFScalarQuantizer, 8-bit codes: an IVF over float vectors (IndexIVFFlat)
+  reads 1.5 KB per candidate and is bound by memory bandwidth when every document is a
+  query (at 300k it was barely faster than exact search); 8-bit codes read a quarter of it.
+- n_lists = 4 sqrt(N) (2,191 at 300k), k-means on 32 points per list, 10 iterations: more
+  lists make each probe cheaper but the training and the coarse search dearer.
+- n_probe = n_lists / 48, at least 32: recall@10 hardly depends on n_lists at a given n_probe
+  (real all-MiniLM vectors of the Debian + Python corpora, 47k: 0.94 at 16, 0.96 at 32,
+  0.98 at 64 probes, n_lists 512..1024), so n_probe grows only slowly with the corpus.
+- the 8-bit codes pick RERANK_FACTOR x k candidates, whose similarities are then computed
+  exactly from the float vectors: the stored sims are exact (dedup thresholds and edge
+  weights depend on them) and the codes' rounding no longer reorders near ties.
 """
 
 from __future__ import annotations
@@ -19,7 +31,10 @@ log = logging.getLogger(__name__)
 
 INDEXES = ("auto", "flat", "ivf", "hnsw")
 EXACT_MAX_DOCS = 50_000
+IVF_MIN_PROBES = 32
+RERANK_FACTOR = 2
 _QUERY_BATCH = 8192
+_RERANK_BATCH = 1024
 
 Report = Callable[[int, int], None]
 
@@ -37,6 +52,11 @@ def resolve_index(index: str, n_docs: int) -> str:
     return "flat" if n_docs <= EXACT_MAX_DOCS else "ivf"
 
 
+def ivf_lists(n_docs: int) -> int:
+    """Inverted lists of the `ivf` index for a corpus of n_docs (about 4 sqrt(N))."""
+    return max(1, min(int(4 * math.sqrt(n_docs)), n_docs // 39))
+
+
 def _build_index(vectors: np.ndarray, kind: str, seed: int):
     import faiss
 
@@ -48,14 +68,18 @@ def _build_index(vectors: np.ndarray, kind: str, seed: int):
         index.hnsw.efConstruction = 80
         index.hnsw.efSearch = 128
     else:
-        n_lists = max(1, min(int(4 * math.sqrt(n_docs)), n_docs // 39))
+        n_lists = ivf_lists(n_docs)
         quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, n_lists, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, dim, n_lists, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
+        index.cp.niter = 10
+        index.cp.min_points_per_centroid = 16  # the sample below is enough; no faiss warning
         rng = np.random.default_rng(seed)
-        sample_size = min(n_docs, 64 * n_lists)
+        sample_size = min(n_docs, 32 * n_lists)
         sample = vectors[np.sort(rng.choice(n_docs, sample_size, replace=False))]
         index.train(sample)
-        index.nprobe = min(n_lists, max(8, n_lists // 16))
+        index.nprobe = min(n_lists, max(IVF_MIN_PROBES, n_lists // 48))
     index.add(vectors)
     return index
 
@@ -72,7 +96,8 @@ def knn_search(
     Args:
         vectors: (N, d) float32, rows L2-normalised.
         k: neighbours per document (>= 1). When k >= N, the missing columns are -1.
-        index: "auto" (exact up to 50k documents, IVF above), "flat", "ivf" or "hnsw".
+        index: "auto" (exact up to 50k documents, IVF above; see the module docstring),
+            "flat", "ivf" or "hnsw".
         seed: seed for the IVF training sample.
         report: `report(done, total)` after each query batch.
 
@@ -105,15 +130,39 @@ def knn_search(
     started = time.perf_counter()
     faiss_index = _build_index(vectors, kind, seed)
     searched = min(k, n_docs - 1) + 1  # one extra column for the document itself
+    candidates = min(searched * RERANK_FACTOR, n_docs) if kind == "ivf" else searched
     for start in range(0, n_docs, _QUERY_BATCH):
         stop = min(start + _QUERY_BATCH, n_docs)
-        found_sims, found_ids = faiss_index.search(vectors[start:stop], searched)
+        found_sims, found_ids = faiss_index.search(vectors[start:stop], candidates)
+        if kind == "ivf":
+            found_ids, found_sims = _rerank(vectors, start, found_ids, searched)
         kept_ids, kept_sims = _drop_self(found_ids, found_sims, np.arange(start, stop))
         ids[start:stop, : searched - 1] = kept_ids
         sims[start:stop, : searched - 1] = kept_sims
         report(stop, n_docs)
     sims[ids < 0] = 0.0
     log.info("knn: %d docs, k=%d, index=%s, %.1fs", n_docs, k, kind, time.perf_counter() - started)
+    return ids, sims
+
+
+def _rerank(
+    vectors: np.ndarray, first_row: int, found_ids: np.ndarray, keep: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact similarities of the candidates of rows first_row.., best `keep` of them first
+    (ties to the lower id); -1 candidates sort last."""
+    ids = np.empty((len(found_ids), keep), dtype=np.int64)
+    sims = np.empty((len(found_ids), keep), dtype=np.float32)
+    for lo in range(0, len(found_ids), _RERANK_BATCH):
+        block = found_ids[lo : lo + _RERANK_BATCH]
+        queries = vectors[first_row + lo : first_row + lo + len(block)]
+        exact = np.einsum("qcd,qd->qc", vectors[np.maximum(block, 0)], queries)
+        exact[block < 0] = -np.inf
+        by_id = np.argsort(block, axis=1, kind="stable")
+        best = np.argsort(-np.take_along_axis(exact, by_id, axis=1), axis=1, kind="stable")
+        pick = np.take_along_axis(by_id, best[:, :keep], axis=1)
+        ids[lo : lo + len(block)] = np.take_along_axis(block, pick, axis=1)
+        sims[lo : lo + len(block)] = np.take_along_axis(exact, pick, axis=1)
+    sims[ids < 0] = 0.0
     return ids, sims
 
 
