@@ -144,6 +144,9 @@ class RecentTokenIds:
     def get(self, key: str, text_hash: str) -> np.ndarray | None:
         return self._ids.get(text_hash) if key == self._key else None
 
+    def clear(self) -> None:
+        self._key, self._ids, self._size = None, {}, 0
+
 
 RECENT_TOKEN_IDS = RecentTokenIds(max_tokens=1 << 26)  # 64M tokens, 256 MiB
 
