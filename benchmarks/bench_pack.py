@@ -34,7 +34,7 @@ VECTORS = Path("/work/cache/pydocs.npy")
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--formats", default="tokens,jsonl,parquet")
     args = parser.parse_args()
     formats = args.formats.split(",")
