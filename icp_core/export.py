@@ -6,7 +6,10 @@ export never leaves a partial result under the final name. It always holds `mani
 `rejects.jsonl` (rows that never became documents), next to one of:
 
 - `contexts.jsonl` / `contexts.parquet`: one row per context with `context`, `text` (its
-  document pieces joined by the separator), `doc_ids` (input ids, in order) and `n_tokens`;
+  document pieces, each followed by the separator unless the document continues in another
+  context), `doc_ids` (input ids, in order), `doc_token_start`/`doc_token_end` (which tokens
+  of each document the piece holds: a document cut by a context boundary continues elsewhere)
+  and `n_tokens`;
 - `tokens.bin` (flat uint16/uint32 token ids) and `offsets.npy` (int64, n_contexts + 1):
   context i is `np.memmap("tokens.bin", dtype)[offsets[i]:offsets[i + 1]]`.
 """
@@ -80,7 +83,7 @@ def _tokenizer_key(ws: Workspace) -> str:
 
 
 def _text_rows(ws: Workspace, params: Params, report: Report) -> Iterator[dict[str, Any]]:
-    """One dict per context: context, text, doc_ids, n_tokens."""
+    """One dict per context: context, text, doc_ids, doc_token_start/end, n_tokens."""
     tokenizer = pack.load_tokenizer(str(stages._tokenizer_for(params)))
     sep_ids = np.asarray(stages.separator_for(params), dtype=np.int64)
     n_contexts = int(ws.scalar("SELECT count(DISTINCT context) FROM contexts"))
@@ -92,7 +95,14 @@ def _text_rows(ws: Workspace, params: Params, report: Report) -> Iterator[dict[s
             if current is None or current["context"] != columns["context"][i]:
                 if current is not None:
                     yield _finish(current)
-                current = {"context": columns["context"][i], "parts": [], "doc_ids": [], "n": 0}
+                current = {
+                    "context": columns["context"][i],
+                    "parts": [],
+                    "doc_ids": [],
+                    "starts": [],
+                    "ends": [],
+                    "n": 0,
+                }
             text = columns["text"][i]
             start, end = columns["token_start"][i], columns["token_end"][i]
             lo, hi = piece_char_span(tokenizer, text, start, end, columns["n_tokens"][i])
@@ -106,6 +116,8 @@ def _text_rows(ws: Workspace, params: Params, report: Report) -> Iterator[dict[s
             )
             current["parts"].append(text[lo:hi] + sep_text)
             current["doc_ids"].append(columns["id"][i])
+            current["starts"].append(start)
+            current["ends"].append(end)
             current["n"] += end - start + columns["sep_tokens"][i]
         if current is not None:
             yield _finish(current)
@@ -118,6 +130,8 @@ def _finish(current: dict[str, Any]) -> dict[str, Any]:
         "context": current["context"],
         "text": "".join(current["parts"]),
         "doc_ids": current["doc_ids"],
+        "doc_token_start": current["starts"],
+        "doc_token_end": current["ends"],
         "n_tokens": current["n"],
     }
 
@@ -139,6 +153,8 @@ def _write_parquet(rows: Iterator[dict[str, Any]], path: Path) -> int:
             ("context", pa.int64()),
             ("text", pa.string()),
             ("doc_ids", pa.list_(pa.string())),
+            ("doc_token_start", pa.list_(pa.int64())),
+            ("doc_token_end", pa.list_(pa.int64())),
             ("n_tokens", pa.int64()),
         ]
     )

@@ -164,7 +164,7 @@ def pack_contexts(
 
     >>> p = pack_contexts(np.array([0, 1]), np.array([3, 5]), 4, shuffle=False)
     >>> p.context.tolist(), p.doc.tolist(), p.start.tolist(), p.end.tolist(), p.sep.tolist()
-    ([0, 1, 1, 2], [0, 0, 1, 1], [0, 3, 0, 3], [3, 3, 3, 5], [0, 1, 0, 1])
+    ([0, 1, 2], [0, 1, 1], [0, 0, 4], [3, 4, 5], [1, 0, 1])
     """
     if mode not in PACK_MODES:
         raise IcpError(f"unknown pack mode '{mode}'; choose split or whole")

@@ -37,7 +37,7 @@ class Stage:
     key: Callable[[Params], dict]
     run: Callable[[Workspace, Params, Report], dict]
     tables: tuple[str, ...]
-    covers: Callable[[dict, dict, Params], bool] | None = None
+    covers: Callable[[dict, Params], bool] | None = None
 
 
 STAGES: tuple[Stage, ...] = (
@@ -134,9 +134,9 @@ def _run_stage(
     forced = force is True or (isinstance(force, tuple) and stage.name in force)
     tables_exist = all(ws.has_table(table) for table in stage.tables)
     if state is not None and tables_exist and not forced:
-        current = (
-            stage.covers(state["params"], key, params) if stage.covers else (state["params"] == key)
-        )
+        # stored params = key + what the run added (e.g. knn's k_max); compare on the key
+        same_key = {name: state["params"].get(name) for name in key} == key
+        current = same_key and (stage.covers is None or stage.covers(state["params"], params))
         if current:
             ws.record_run(
                 stage.name, "skipped", state["fingerprint"], key, {}, started, time.time()

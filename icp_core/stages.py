@@ -259,11 +259,9 @@ def knn_key(params: Params) -> dict:
     return {"index": params.index}
 
 
-def knn_covers(stored: dict, key: dict, params: Params) -> bool:
+def knn_covers(stored: dict, params: Params) -> bool:
     """Stored lists serve any k up to the depth they were searched at."""
-    return {k: v for k, v in stored.items() if k != "k_max"} == key and stored.get(
-        "k_max", 0
-    ) >= params.k
+    return stored.get("k_max", 0) >= params.k
 
 
 def run_knn(ws: Workspace, params: Params, report: Report = _noop) -> dict:
