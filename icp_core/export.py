@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from icp_core import __version__, pack, stages
 from icp_core.errors import IcpError
+from icp_core.faults import crash_point
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 
@@ -244,6 +245,8 @@ def export_contexts(
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        for stale in parent.glob(f".{out.name}.partial-*"):  # left by a killed export
+            shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
     except OSError as err:
         raise IcpError(
@@ -264,6 +267,7 @@ def export_contexts(
         _write_removed(ws, staging)
         manifest = _manifest(ws, params, fmt, files_info, metrics, staging)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        crash_point("export.staged")
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(staging, out)

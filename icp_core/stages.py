@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from icp_core import dedup, embed, knn, metrics, pack, traverse
+from icp_core.faults import crash_point
 from icp_core.errors import IcpError
 from icp_core.ingest import ParsedSource, hash_file, hash_text, parse_source, source_fingerprint
 from icp_core.params import Params
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 Report = Callable[[int, int], None]
 # kNN lists are stored at least this deep, so lowering or raising k up to it is a filter.
 KNN_MIN_STORED = 32
-_EMBED_CHECKPOINT_DOCS = 2048
+# Embedded vectors are committed every this many batches: a killed run loses at most that.
+EMBED_CHECKPOINT_BATCHES = 16
 
 
 def _noop(done: int, total: int) -> None:
@@ -202,8 +204,9 @@ def _embed_missing(ws: Workspace, params: Params, key: str, report: Report) -> i
     hashes = missing.column("text_hash").to_pylist()
     texts = missing.column("text").to_pylist()
     # one committed insert per checkpoint: an interrupted run keeps every finished chunk
-    for start in range(0, total, _EMBED_CHECKPOINT_DOCS):
-        stop = min(start + _EMBED_CHECKPOINT_DOCS, total)
+    checkpoint = params.batch_size * EMBED_CHECKPOINT_BATCHES
+    for start in range(0, total, checkpoint):
+        stop = min(start + checkpoint, total)
         vectors = embed.embed_texts(
             model,
             texts[start:stop],
@@ -211,6 +214,7 @@ def _embed_missing(ws: Workspace, params: Params, key: str, report: Report) -> i
             report=lambda done, _t, s=start: report(s + done, total),
         )
         _append_cache(ws, key, hashes[start:stop], vectors)
+        crash_point("embed.checkpoint")
     return total
 
 
@@ -279,6 +283,7 @@ def run_knn(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     )
     with ws.transaction():
         ws.replace_table("neighbors", table)
+        crash_point("knn.commit")
     return {
         "documents": int(len(ids)),
         "k_max": k_max,
@@ -359,6 +364,7 @@ def run_dedup(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     )
     with ws.transaction():
         ws.replace_table("duplicates", table)
+        crash_point("dedup.commit")
     return {"duplicates": int(len(removed)), "groups": int(len(np.unique(kept_doc[removed])))}
 
 
@@ -431,6 +437,7 @@ def run_order(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     with ws.transaction():
         ws.replace_table("ordering", table)
         ws.replace_table("order_drops", drop_table)
+        crash_point("order.commit")
     jumps = int(is_jump.sum())
     return {
         "ordered": int(len(order)),
@@ -546,6 +553,7 @@ def run_pack(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     )
     with ws.transaction():
         ws.replace_table("contexts", table)
+        crash_point("pack.commit")
     fill = packing.context_tokens()
     return {
         "contexts": packing.n_contexts,
