@@ -440,7 +440,8 @@ def main() -> None:
         level=os.environ.get("ICP_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except IcpError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)

@@ -16,8 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from icp_core import dedup, embed, knn, metrics, pack, traverse
-from icp_core.faults import crash_point
 from icp_core.errors import IcpError
+from icp_core.faults import crash_point
 from icp_core.ingest import ParsedSource, hash_file, hash_text, parse_source, source_fingerprint
 from icp_core.params import Params
 from icp_core.workspace import Workspace, _now
