@@ -121,6 +121,8 @@ def _echo_outcomes(outcomes) -> None:
     for outcome in outcomes:
         shown = {k: v for k, v in outcome.counts.items() if not isinstance(v, dict | list)}
         summary = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
+        if outcome.status == "skipped":
+            summary = "up to date"
         typer.echo(
             f"{outcome.stage:8s} {outcome.status:7s} {outcome.seconds:6.1f}s  {summary}", err=True
         )
