@@ -164,9 +164,10 @@ def document_map(
         )
     if path is not None and len(path):
         _add_path(fig, path)
+        _zoom_to(fig, path, points)
     fig.update_layout(
-        height=640,
-        margin=dict(l=10, r=10, t=10, b=10),
+        height=700,
+        margin=dict(l=10, r=10, t=36, b=10),
         legend=dict(itemsizing="constant", font=dict(size=11)),
         xaxis=dict(visible=False),
         yaxis=dict(visible=False, scaleanchor="x"),
@@ -174,6 +175,14 @@ def document_map(
         plot_bgcolor="white",
     )
     return fig
+
+
+def _zoom_to(fig: go.Figure, path: pd.DataFrame, points: pd.DataFrame) -> None:
+    """Frame the path, with room around it to see its neighbourhood (double-click zooms out)."""
+    full = max(np.ptp(points["x"]), np.ptp(points["y"]), 1e-6)
+    pad = max(0.15 * full, 0.3 * max(np.ptp(path["x"]), np.ptp(path["y"])))
+    fig.update_xaxes(range=[path["x"].min() - pad, path["x"].max() + pad])
+    fig.update_yaxes(range=[path["y"].min() - pad, path["y"].max() + pad])
 
 
 def _segments(path: pd.DataFrame, mask: np.ndarray) -> tuple[list, list]:
@@ -215,7 +224,7 @@ def _add_path(fig: go.Figure, path: pd.DataFrame) -> None:
             textposition="top center",
             textfont=dict(size=11, color="black"),
             marker=dict(
-                size=13,
+                size=[20] + [14] * (len(path) - 1),
                 symbol=["star"] + ["arrow"] * (len(path) - 1),
                 angleref="previous",
                 color=PATH_COLOR,

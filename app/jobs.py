@@ -45,7 +45,7 @@ def sample_spec(workspace: str | Path) -> dict[str, Any]:
         "seed_sample_cache": True,
         "params": Params().to_dict(),
         "until": "layout",
-        "description": "Preparing the bundled sample (first start only: about 20 s)",
+        "description": "Preparing the bundled sample (first start only, under a minute)",
     }
 
 
@@ -97,6 +97,7 @@ class JobRunner:
         self.status_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._spare: subprocess.Popen | None = None
+        self._spare_due = False  # a timer will start the spare
         self._workers: dict[Path, subprocess.Popen] = {}
 
     def status_path(self, workspace: str | Path) -> Path:
@@ -115,9 +116,23 @@ class JobRunner:
             text=True,
         )
 
-    def prepare(self) -> None:
-        """Have one warm worker waiting (no-op when there is one)."""
+    def prepare(self, delay_s: float = 0.0) -> None:
+        """Have one warm worker waiting, started `delay_s` from now (no-op when there is one
+        or one is due)."""
         with self._lock:
+            if self._spare_due or (self._spare is not None and self._spare.poll() is None):
+                return
+            if delay_s <= 0:
+                self._spare = self._spawn()
+                return
+            self._spare_due = True
+        timer = threading.Timer(delay_s, self._start_spare)
+        timer.daemon = True
+        timer.start()
+
+    def _start_spare(self) -> None:
+        with self._lock:
+            self._spare_due = False
             if self._spare is None or self._spare.poll() is not None:
                 self._spare = self._spawn()
 

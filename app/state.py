@@ -30,6 +30,20 @@ from icp_core.workspace import Workspace
 HELP_DIR = Path(__file__).resolve().parent / "help"
 UPLOAD_LIMIT_MB = 50
 READ_WAIT_S = 10.0
+SPARE_DELAY_S = 2.0
+# what the progress bar says while a stage runs
+STAGE_WORDS = {
+    "starting": "starting a worker",
+    "open": "opening the workspace",
+    "ingest": "reading the input",
+    "embed": "embedding documents",
+    "knn": "finding neighbours",
+    "dedup": "removing near-duplicates",
+    "order": "ordering",
+    "pack": "counting tokens and packing contexts",
+    "metrics": "measuring",
+    "layout": "computing the map (UMAP)",
+}
 PARAM_KEYS = ("k", "order", "dedup", "dedup_threshold", "context_length", "pack", "tokenizer")
 
 
@@ -271,6 +285,7 @@ def _follow_job(path: Path) -> None:
     runner = job_runner()
     status = runner.status(path) or {}
     stage_names = pipeline.STAGE_NAMES
+    shown_from = time.time()
     with st.status(status.get("description") or "Working on the workspace…", expanded=True) as box:
         st.caption(f"{path}")
         bar = st.progress(0.0)
@@ -282,9 +297,11 @@ def _follow_job(path: Path) -> None:
             index = stage_names.index(stage) if stage in stage_names else 0
             within = done / total if total else 0.0
             fraction = min(1.0, (index + within) / len(stage_names))
-            counter = f" {done:,}/{total:,}" if total > 1 else ""
-            elapsed = time.time() - status.get("started_at", time.time())
-            bar.progress(fraction, text=f"{stage}{counter} · {elapsed:.0f} s")
+            counter = f": {done:,} of {total:,}" if total > 1 else ""
+            elapsed = time.time() - min(status.get("started_at", shown_from), shown_from)
+            bar.progress(
+                fraction, text=f"{STAGE_WORDS.get(stage, stage)}{counter} · {elapsed:.0f} s"
+            )
             time.sleep(0.1)
             status = runner.status(path) or {}
         box.update(
@@ -370,6 +387,10 @@ def _sync_parameter_widgets(ws: WorkspaceView) -> None:
     (edits not yet applied survive page switches)."""
     marker = (str(ws.path), ws.params)
     if st.session_state.get("_synced") == marker and all(k in st.session_state for k in PARAM_KEYS):
+        # Streamlit drops a widget's value when another page draws the "same" widget; writing
+        # the values back keeps them (its documented way to carry widgets across pages)
+        for key in PARAM_KEYS:
+            st.session_state[key] = st.session_state[key]
         return
     p = ws.params
     st.session_state.update(
@@ -460,7 +481,8 @@ def page_setup() -> WorkspaceView:
     _data_sidebar(path)
     if runner.running(path):
         _follow_job(path)
-    runner.prepare()
+    # the next job's worker warms up once this page is drawn (it would slow the drawing)
+    runner.prepare(delay_s=SPARE_DELAY_S)
     _report_last_job(path)
     if path == sample_path() and not _sample_ready(path):
         last = runner.status(path)

@@ -281,11 +281,11 @@ class Neighborhood:
 
 
 def neighborhood(
-    ws: Workspace, doc: int, k: int, hops: int = 1, path_steps: int = 2, seed: int = 0
+    ws: Workspace, doc: int, k: int, hops: int = 1, path_steps: int = 2
 ) -> Neighborhood:
     """The chosen document, its kNN neighbours (k per document, `hops` = 1 or 2) and its
     `path_steps` predecessors and successors in the ordering, with every kNN edge and path step
-    among them; laid out with a similarity-weighted spring layout (networkx, seeded).
+    among them, laid out by networkx (Kamada-Kawai, edge length 1 - similarity).
 
     Raises:
         IcpError: no such document, or no kNN lists / ordering yet.
@@ -347,11 +347,15 @@ def neighborhood(
     edges = pd.DataFrame(rows, columns=["source", "target", "sim", "knn", "path", "jump"])
     graph = nx.Graph()
     graph.add_nodes_from(members)
-    # similarity as spring strength: similar documents sit close together
+    # Kamada-Kawai places nodes so that drawn distances follow graph distances, with
+    # 1 - similarity as edge length: similar documents sit close, and the layout spreads
+    # evenly (a spring layout crowds the chosen document's neighbours into one knot)
     graph.add_weighted_edges_from(
-        (a, b, max(s, 0.01)) for a, b, s in zip(edges.source, edges.target, edges.sim, strict=True)
+        ((a, b, 1.05 - s) for a, b, s in zip(edges.source, edges.target, edges.sim, strict=True)),
+        weight="length",
     )
-    coords = nx.spring_layout(graph, weight="weight", seed=seed)
+    start = nx.circular_layout(graph)  # deterministic start: the same picture every time
+    coords = nx.kamada_kawai_layout(graph, weight="length", pos=start)
     nodes = pd.DataFrame(
         {
             "doc": members,

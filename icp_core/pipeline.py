@@ -221,9 +221,6 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     "stages": [{"stage", "status", "seconds"}], "error", "pid", "started_at", "updated_at"}.
     Errors end up in it as one line (never raised), so the app can show them.
     """
-    from icp_core.params import Params
-    from icp_core.workspace import Workspace
-
     status: dict[str, Any] = {
         "state": "running",
         "pid": os.getpid(),
@@ -265,9 +262,16 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
 def warm_up() -> None:
     """Load the imports and compiled kernels a run needs, on a 4-document graph, so that a
     worker started ahead of time answers a job without that start-up cost (~1 s here)."""
+    import tempfile
+
     import numpy as np
 
     from icp_core import dedup, metrics, pack, traverse
+
+    # a scratch workspace loads DuckDB's JSON extension and the pandas conversion stages use
+    with tempfile.TemporaryDirectory() as folder, Workspace(Path(folder) / "warm.duckdb") as ws:
+        ws.arrow("""SELECT json_extract_string('{"label": "x"}', '$.label') AS v""").to_pandas()
+    stages.separator_for(Params())  # loads (and caches) the default tokenizer
 
     ids = np.array([[1, 2], [0, 2], [0, 1], [2, -1]], dtype=np.int64)
     sims = np.array([[0.9, 0.5], [0.9, 0.4], [0.5, 0.4], [0.3, 0.0]], dtype=np.float32)

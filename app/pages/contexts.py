@@ -61,13 +61,10 @@ st.dataframe(
     },
 )
 by_context = summary.set_index("context")
+# labels name only the number: the browser keeps a shown label until the choice changes, so
+# anything that a re-run changes (document counts) would go stale in it
 context = st.selectbox(
-    "Context",
-    shown,
-    key="context",
-    format_func=lambda c: (
-        f"#{c} · {by_context.at[c, 'n_docs']} documents · {by_context.at[c, 'top_label'] or '-'}"
-    ),
+    "Context (or click a row above)", shown, key="context", format_func=lambda c: f"context {c}"
 )
 row = by_context.loc[context]
 mean_sim = "–" if row["mean_sim"] != row["mean_sim"] else f"{row['mean_sim']:.3f}"
@@ -87,10 +84,12 @@ pieces.insert(
         for s, j in zip(pieces["slot"], pieces["jump"], strict=True)
     ],
 )
+pieces["part"] = pieces["part"].fillna("")
 st.dataframe(
     pieces.drop(columns=["jump"]),
     hide_index=True,
     width="stretch",
+    height=min(38 + 35 * len(pieces), 760),
     column_config={
         "slot": st.column_config.NumberColumn("#", format="%d"),
         "sim_to_prev": st.column_config.ProgressColumn(
@@ -99,6 +98,7 @@ st.dataframe(
         "tokens": st.column_config.NumberColumn("tokens here"),
         "doc_tokens": st.column_config.NumberColumn("document tokens"),
         "part": "split part",
+        "id": st.column_config.TextColumn("id", width="medium"),
         "preview": st.column_config.TextColumn("first line", width="large"),
     },
 )

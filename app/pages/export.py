@@ -52,7 +52,7 @@ def _run_export(out: Path, overwrite: bool) -> dict | None:
 
 write_tab, download_tab = st.tabs(["Write to a folder", "Download"])
 with write_tab:
-    default = Path.cwd() / "exports" / f"{ws.path.stem}-{fmt}"
+    default = Path.cwd() / "out" / f"{ws.path.stem}-{fmt}"
     out = st.text_input("Output folder", value=str(default), key=f"export_out_{fmt}")
     overwrite = st.checkbox("Replace the folder if it exists", key="export_overwrite")
     if st.button("Write", type="primary", key="export_write"):
@@ -94,4 +94,15 @@ with download_tab:
 manifest = st.session_state.get("export_manifest")
 if manifest:
     st.subheader("Manifest")
-    st.json(manifest, expanded=1)
+    files, counts = st.columns(2)
+    files.dataframe(
+        {"file": list(manifest["files"]), "bytes": list(manifest["files"].values())},
+        hide_index=True,
+        width="stretch",
+    )
+    counts.dataframe(
+        {"count": list(manifest["counts"]), "value": [str(v) for v in manifest["counts"].values()]},
+        hide_index=True,
+        width="stretch",
+    )
+    st.json(manifest, expanded=2)

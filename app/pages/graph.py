@@ -7,6 +7,16 @@ from app import charts, state
 ws = state.page_setup()
 st.title("Neighbour graph")
 
+
+def _recenter() -> None:
+    """Clicking a node makes it the chosen document."""
+    points = st.session_state["neighborhood"].selection.points
+    if points and points[0].get("customdata") is not None:
+        clicked = points[0]["customdata"]
+        st.session_state["focus_doc"] = int(clicked[0] if isinstance(clicked, list) else clicked)
+        st.session_state["graph_query"] = ""
+
+
 controls = st.columns([3, 1])
 query = controls[0].text_input(
     "Document: id, number or words from its text",
@@ -41,13 +51,18 @@ st.text(
 )
 if hood.truncated:
     st.info(f"The 2-hop neighbourhood is cut at {len(nodes)} documents to stay readable.")
-st.plotly_chart(charts.neighborhood_figure(nodes, hood.edges, doc), key="neighborhood")
+st.plotly_chart(
+    charts.neighborhood_figure(nodes, hood.edges, doc),
+    key="neighborhood",
+    on_select=_recenter,
+    selection_mode="points",
+)
 st.caption(
     f"k = {ws.params.k}: each document links to its {ws.params.k} most similar documents "
     "(grey, thicker = more similar; numbers = similarity to the chosen document). Orange "
     "arrows: consecutive documents in the ordering; red dashed: a jump, a step that is not a "
     "kNN edge. Diamonds: documents on the path around the chosen one that are not its "
-    "neighbours."
+    "neighbours. Click a node to make it the chosen document."
 )
 edges = hood.edges
 touching = edges[(edges["source"] == doc) | (edges["target"] == doc)].copy()

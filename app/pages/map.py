@@ -65,7 +65,8 @@ event = st.plotly_chart(
 st.caption(
     "Lasso or box-select points (or click one) to list those documents. Numbers on a path "
     "are the documents' places in the context; arrows point in reading order, ★ is the "
-    "first, dashed red steps are jumps. " + state.help_text("map")
+    "first, dashed red steps are jumps; the map zooms to the path (double-click to see all). "
+    + state.help_text("map")
 )
 
 selected = (

@@ -119,3 +119,12 @@ def test_opens_on_the_bundled_sample_without_arguments(sample_workspace, app_cac
     at = open_app()
     assert not at.exception, at.exception
     assert "sample.duckdb** (bundled sample)" in at.caption[0].value
+
+
+def test_parameter_form_keeps_its_values_across_pages(sample_workspace):
+    at = open_app(sample_workspace)
+    for page in (*PAGES, *PAGES):
+        at.switch_page(page.file).run()
+        assert at.number_input(key="k").value == 10, page.title
+        assert at.number_input(key="context_length").value == 8192, page.title
+        assert at.checkbox(key="dedup").value, page.title
