@@ -6,6 +6,7 @@ pandas frames or numpy arrays ready to display; the Streamlit app is one caller.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,13 +33,20 @@ def _label_sql(label_field: str | None) -> str:
     return f"json_extract_string(meta, '$.{quoted}')"
 
 
+def _preview_sql(column: str) -> str:
+    """SQL for a text's first PREVIEW_CHARS characters, runs of whitespace folded into one."""
+    return (
+        f"left(regexp_replace(ltrim(left({column}, {PREVIEW_CHARS * 4})), '\\s+', ' ', 'g'), "
+        f"{PREVIEW_CHARS})"
+    )
+
+
 def document_frame(ws: Workspace, label_field: str | None) -> pd.DataFrame:
     """One row per document, by doc: doc, id, label, n_chars and preview (its first
     characters with runs of whitespace folded into one space)."""
     return ws.arrow(
         f"""SELECT doc, id, {_label_sql(label_field)} AS label, length(text) AS n_chars,
-                   left(regexp_replace(ltrim(left(text, {PREVIEW_CHARS * 4})), '\\s+', ' ', 'g'),
-                        {PREVIEW_CHARS}) AS preview
+                   {_preview_sql("text")} AS preview
             FROM documents ORDER BY doc"""
     ).to_pandas()
 
@@ -122,8 +130,7 @@ def context_documents(ws: Workspace, context: int, label_field: str | None) -> p
                    t.n_tokens AS doc_tokens,
                    CASE WHEN c.slot > 0 THEN o.sim_to_prev END AS sim_to_prev,
                    CASE WHEN c.slot > 0 THEN o.is_jump END AS jump,
-                   left(regexp_replace(ltrim(left(d.text, {PREVIEW_CHARS * 4})), '\\s+', ' ', 'g'),
-                        {PREVIEW_CHARS}) AS preview
+                   {_preview_sql("d.text")} AS preview
             FROM contexts c JOIN documents d USING (doc) {token_join}
             LEFT JOIN ordering o USING (doc)
             JOIN parts pr ON pr.doc = c.doc AND pr.token_start = c.token_start
@@ -143,8 +150,7 @@ def find_documents(
     number = int(query) if query.isdigit() else -1
     return ws.arrow(
         f"""SELECT doc, id, {_label_sql(label_field)} AS label,
-                   left(regexp_replace(ltrim(left(text, {PREVIEW_CHARS * 4})), '\\s+', ' ', 'g'),
-                        {PREVIEW_CHARS}) AS preview
+                   {_preview_sql("text")} AS preview
             FROM documents
             WHERE doc = ? OR id = ? OR contains(lower(id), lower(?))
                   OR contains(lower(text), lower(?))
@@ -191,8 +197,6 @@ def metrics_history(ws: Workspace) -> pd.DataFrame:
     if not ws.has_table("metrics"):
         return pd.DataFrame()
     table = ws.arrow("SELECT computed_at, result FROM metrics ORDER BY computed_at DESC")
-    import json
-
     rows = []
     for computed_at, result in zip(
         table.column("computed_at").to_pylist(), table.column("result").to_pylist(), strict=True

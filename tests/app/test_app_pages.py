@@ -43,6 +43,19 @@ def test_every_page_runs_on_the_sample(sample_workspace, page):
     assert "k = 10 · order = icp" in at.caption[0].value
 
 
+@pytest.fixture(scope="module")
+def unlabelled_workspace(tmp_path_factory) -> Path:
+    return synthetic_workspace(tmp_path_factory.mktemp("unlabelled"), until="layout", labels=False)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[page.title for page in PAGES])
+def test_every_page_runs_on_a_small_unlabelled_corpus(unlabelled_workspace, page):
+    at = open_app(unlabelled_workspace, page.file)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert "37 documents · k = 5" in at.caption[0].value
+
+
 def test_overview_shows_the_stored_metrics_next_to_random(sample_workspace):
     at = open_app(sample_workspace)
     _, stored = stored_metrics(sample_workspace)
@@ -128,3 +141,17 @@ def test_parameter_form_keeps_its_values_across_pages(sample_workspace):
         assert at.number_input(key="k").value == 10, page.title
         assert at.number_input(key="context_length").value == 8192, page.title
         assert at.checkbox(key="dedup").value, page.title
+
+
+def test_opens_the_workspace_given_after_double_dash(unlabelled_workspace, monkeypatch):
+    """`icp app --workspace WS` runs `streamlit run app/main.py -- --workspace WS`."""
+    monkeypatch.setattr("sys.argv", ["app/main.py", "--workspace", str(unlabelled_workspace)])
+    at = open_app()
+    assert not at.exception, at.exception
+    assert at.caption[0].value.startswith("**synthetic.duckdb** · 37 documents")
+
+
+def test_a_missing_workspace_is_a_clear_error(tmp_path):
+    at = open_app(tmp_path / "nowhere.duckdb")
+    assert not at.exception
+    assert "no such workspace" in at.error[0].value

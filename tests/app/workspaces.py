@@ -39,11 +39,15 @@ HOSTILE_TEXT = "<script>alert(1)</script> [click here](http://evil.example) **bo
 
 
 def synthetic_workspace(
-    folder: Path, n_per_topic: int = 12, params: dict | None = None, until: str = "metrics"
+    folder: Path,
+    n_per_topic: int = 12,
+    params: dict | None = None,
+    until: str = "metrics",
+    labels: bool = True,
 ) -> Path:
-    """A small labelled corpus whose vectors are made for it (three well separated topics, one
-    exact duplicate, one document full of HTML and markdown), imported with `--vectors` so no
-    model runs; every stage up to `until`.
+    """A small corpus whose vectors are made for it (three well separated topics, labelled
+    unless `labels` is False, one exact duplicate, one document full of HTML and markdown),
+    imported with `--vectors` so no model runs; every stage up to `until`.
 
     Returns the workspace path; `folder/vectors.npy` holds the vectors in document order.
     """
@@ -61,9 +65,9 @@ def synthetic_workspace(
             text = f"{topic} note {i}: " + " ".join(rng.permutation(words.split()).tolist())
             if topic == "databases" and i == 0:
                 text = HOSTILE_TEXT
-            rows.append({"id": f"{topic}-{i}", "text": text, "label": topic})
+            rows.append({"id": f"{topic}-{i}", "text": text} | ({"label": topic} if labels else {}))
             vectors.append(center + rng.normal(scale=0.35, size=16).astype(np.float32))
-    rows.append({"id": "cooking-copy", "text": rows[-1]["text"] + " again", "label": "cooking"})
+    rows.append(dict(rows[-1], id="cooking-copy", text=rows[-1]["text"] + " again"))
     vectors.append(vectors[-1].copy())
     vectors = np.asarray(vectors, dtype=np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
