@@ -394,6 +394,36 @@ def run(
 
 
 @app.command()
+def layout(workspace: WorkspaceOpt, force: ForceOpt = False, wait: WaitOpt = 0.0) -> None:
+    """Compute the 2-D map the app draws (UMAP over the stored kNN lists; once per kNN search)."""
+    with _open(workspace, wait) as ws:
+        _run_until(ws, _params(ws), "layout", force)
+
+
+@app.command(hidden=True)
+def job(
+    spec: Annotated[str, typer.Argument(help="JSON job spec file, or - to read it from stdin.")],
+) -> None:
+    """Run one job for the app (see `pipeline.run_job`); exits 1 when the job failed.
+
+    With `-`, the worker loads its kernels first and then waits for the spec: the app keeps
+    one such worker ready so that applying new parameters starts at once.
+    """
+    from icp_core import pipeline
+
+    if spec == "-":
+        pipeline.warm_up()
+        text = sys.stdin.read()
+        if not text.strip():  # the app went away without sending a job
+            return
+    else:
+        text = Path(spec).read_text()
+    status = pipeline.run_job(json.loads(text))
+    if status["state"] != "done":
+        raise typer.Exit(1)
+
+
+@app.command()
 def check(workspace: WorkspaceOpt, wait: WaitOpt = 0.0) -> None:
     """Check the invariants: documents in = kept + duplicates + rejects, each kept document
     exactly once across contexts, no context longer than the context length."""

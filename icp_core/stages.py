@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from icp_core import dedup, embed, knn, metrics, pack, traverse
+from icp_core import dedup, embed, knn, layout, metrics, pack, traverse
 from icp_core.errors import IcpError
 from icp_core.faults import crash_point
 from icp_core.ingest import ParsedSource, hash_file, hash_text, parse_source, source_fingerprint
@@ -689,11 +689,7 @@ def compute_metrics(ws: Workspace, params: Params) -> dict[str, Any]:
         )
 
     current = measure(packing)
-    random_order = kept[np.random.default_rng(params.seed + 1).permutation(len(kept))]
-    random_packing = pack.pack_contexts(
-        random_order, doc_tokens, params.context_length, params.pack, sep_tokens, True, params.seed
-    )
-    random = measure(random_packing)
+    random = measure(random_packing(kept, doc_tokens, params, sep_tokens))
     once = metrics.every_doc_once(packing, kept, doc_tokens, sep_tokens) and (
         len(kept) + n_duplicates == n_documents
     )
@@ -719,6 +715,17 @@ def compute_metrics(ws: Workspace, params: Params) -> dict[str, Any]:
         "dedup_threshold": params.dedup_threshold,
         "random": {k: v for k, v in random.items()},
     }
+
+
+def random_packing(
+    kept: np.ndarray, doc_tokens: np.ndarray, params: Params, sep_tokens: int
+) -> pack.Packing:
+    """The baseline the metrics compare against: the kept documents in a seeded random order,
+    packed with the same length and policy (what the usual pretraining pipeline does)."""
+    random_order = kept[np.random.default_rng(params.seed + 1).permutation(len(kept))]
+    return pack.pack_contexts(
+        random_order, doc_tokens, params.context_length, params.pack, sep_tokens, True, params.seed
+    )
 
 
 def latest_metrics(ws: Workspace, params: Params) -> dict[str, Any]:
@@ -777,3 +784,24 @@ def check_invariants(ws: Workspace) -> list[str]:
     ):
         problems.append("packed pieces do not cover every kept document's tokens exactly once")
     return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# layout (the app's map; not part of `icp run`)
+# ---------------------------------------------------------------------------------------------
+
+
+def layout_key(params: Params) -> dict:
+    return {"n_neighbors": layout.LAYOUT_NEIGHBORS, "method": "umap"}
+
+
+def run_layout(ws: Workspace, params: Params, report: Report = _noop) -> dict:
+    """2-D map coordinates of every document from the stored kNN lists (table `layout`)."""
+    ids, sims = read_neighbors(ws, layout.LAYOUT_NEIGHBORS - 1)
+    coords = layout.layout_2d(ids, sims, read_vectors(ws), report=report)
+    table = pa.table(
+        {"doc": np.arange(len(coords), dtype=np.int64), "x": coords[:, 0], "y": coords[:, 1]}
+    )
+    with ws.transaction():
+        ws.replace_table("layout", table)
+    return {"documents": int(len(coords))}
