@@ -290,6 +290,54 @@ def metrics(
         typer.echo(f"{key:28s} {_fmt(value)}{extra}")
 
 
+@app.command(name="eval")
+def eval_command(
+    workspace: WorkspaceOpt,
+    orders: Annotated[
+        list[str] | None,
+        typer.Option("--order", help="Ordering method to compare; repeat for several [all]."),
+    ] = None,
+    packs: Annotated[
+        list[str] | None,
+        typer.Option("--pack", help="Packing policy to compare; repeat for several [all]."),
+    ] = None,
+    k: KOpt = None,
+    context_length: LengthOpt = None,
+    tokenizer: TokenizerOpt = None,
+    separator: SeparatorOpt = None,
+    label_field: LabelOpt = None,
+    seed: SeedOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Compare ordering methods and packing policies on this workspace in one table."""
+    from icp_core import evaluate
+    from icp_core.pack import PACK_MODES
+    from icp_core.traverse import METHODS
+
+    orders = orders or list(METHODS)
+    packs = packs or list(PACK_MODES)
+    for name, choices, flag in ((orders, METHODS, "--order"), (packs, PACK_MODES, "--pack")):
+        unknown = [value for value in name if value not in choices]
+        if unknown:
+            raise IcpError(f"{flag} {unknown[0]}: choose from {', '.join(choices)}")
+    progress = _progress_factory()
+    with _open(workspace, wait) as ws:
+        params = _params(
+            ws,
+            k=k,
+            context_length=context_length,
+            tokenizer=tokenizer,
+            separator=separator,
+            label_field=label_field,
+            seed=seed,
+        )
+        _run_until(ws, params, "dedup", False)
+        corpus = evaluate.load_corpus(ws, params, progress("tokens"))
+    result = evaluate.evaluate(corpus, orders, packs, progress("eval"))
+    typer.echo(json.dumps(result) if as_json else evaluate.format_table(result))
+
+
 @app.command()
 def export(
     workspace: WorkspaceOpt,
