@@ -52,7 +52,10 @@ ThresholdOpt = Annotated[
     float | None, typer.Option(help="Cosine at or above which documents are duplicates [0.95].")
 ]
 NoDedupOpt = Annotated[bool, typer.Option("--no-dedup", help="Keep near-duplicates.")]
-OrderOpt = Annotated[str | None, typer.Option("--order", help="Ordering method [icp].")]
+OrderOpt = Annotated[
+    str | None,
+    typer.Option("--order", help="Ordering: greedy-lk, greedy, icp, original, random [greedy-lk]."),
+]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed for random choices [0].")]
 LengthOpt = Annotated[int | None, typer.Option(help="Tokens per context [8192].")]
 TokenizerOpt = Annotated[
