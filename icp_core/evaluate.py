@@ -138,6 +138,7 @@ def evaluate(
     corpus: Corpus,
     orders: Sequence[str] = tuple(traverse.METHODS),
     packs: Sequence[str] = pack.PACK_MODES,
+    repeats: int = 1,
     report: Report = _noop,
 ) -> dict[str, Any]:
     """Order, pack and measure every combination.
@@ -146,6 +147,7 @@ def evaluate(
         corpus: from `load_corpus`.
         orders: method names of `traverse.METHODS`.
         packs: policies of `pack.PACK_MODES`.
+        repeats: order this many times and keep the fastest time (the orders are equal).
         report: progress callback (rows done, rows total).
 
     Returns:
@@ -163,9 +165,12 @@ def evaluate(
     total = len(orders) * len(packs)
     for method in orders:
         _warm_up(method)
-        started = time.perf_counter()
-        order = corpus.kept[traverse.traverse(sub_ids, sub_sims, method, params.seed)]
-        order_s = time.perf_counter() - started
+        order_s = np.inf
+        for _ in range(max(1, repeats)):
+            started = time.perf_counter()
+            local_order = traverse.traverse(sub_ids, sub_sims, method, params.seed)
+            order_s = min(order_s, time.perf_counter() - started)
+        order = corpus.kept[local_order]
         n_dropped = 0
         scored = base
         if method == "original":  # the authors' text filter, as the order stage applies it

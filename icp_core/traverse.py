@@ -14,10 +14,10 @@ Beyond the paper (measured in benchmarks/results/quality.md):
 - `greedy`: greedy-edge max-TSP. Take kNN edges best first, keep one when both documents have
   fewer than two links and it closes no cycle; the resulting path fragments are joined end to
   end, first where two ends share a kNN neighbour (best two-hop similarity first).
-- `greedy-lk`: `greedy`, then local search on the fragments before joining them: 2-opt,
-  or-opt (move 1..3 linked documents elsewhere) and Lin-Kernighan-style ejection chains (link
-  a free end to a neighbour, which drops one of its links, whose other end continues),
-  every move along kNN edges and accepted only when it raises the summed similarity.
+- `greedy-lk`: `greedy`, then local search on the fragments before joining them: 2-opt and
+  Lin-Kernighan-style ejection chains (link a free end to a neighbour, which drops one of its
+  links, whose other end continues), every move along kNN edges and accepted only when it
+  raises the summed similarity.
 """
 
 from __future__ import annotations
@@ -33,9 +33,8 @@ from icp_core.errors import IcpError
 # and cuts chains at 21 documents.
 ORIGINAL_MAX_RANK = 9
 ORIGINAL_CHAIN_MAX = 21
-# greedy-lk's local search: segment lengths or-opt moves, candidates per level of an ejection
-# chain (its depth is the length). Wider or deeper searches gained little for much more time.
-OR_OPT_MAX_SEGMENT = 3
+# greedy-lk's ejection chains: candidates per level (the depth is the length). Wider or deeper
+# searches gained little for much more time (benchmarks/results/quality.md).
 CHAIN_BREADTH = (5, 3, 1)
 # Two-hop fragment joins look at this many neighbours of an end and of each neighbour.
 TWO_HOP_WIDTH = 10
@@ -124,7 +123,7 @@ def _order_greedy_lk(ids: np.ndarray, sims: np.ndarray, seed: int) -> np.ndarray
     indptr, nbr, weight = _kernels.build_undirected_csr(ids, sims)
     links = _greedy_links(indptr, nbr, weight)
     _order_kernels.improve_forest(
-        links, indptr, nbr, weight, OR_OPT_MAX_SEGMENT, np.array(CHAIN_BREADTH, dtype=np.int64)
+        links, indptr, nbr, weight, np.array(CHAIN_BREADTH, dtype=np.int64)
     )
     return _join_fragments(links, indptr, nbr, weight)
 
