@@ -35,9 +35,8 @@ Forest = namedtuple("Forest", "links frag rank fsize fmin fmax free n_free buf")
 # the free end, the running gain and the log length on entering the level.
 Chain = namedtuple("Chain", "log cx cy cg cn ci level_u level_gain level_log")
 
-_OP_CUT = 0
-_OP_SHIFT = 1
-_OP_ATTACH = 2
+_OP_SHIFT = 0
+_OP_ATTACH = 1
 
 
 @njit(cache=True)
@@ -515,9 +514,7 @@ def _undo_to(f, chain, n_log, target):
             chain.log[n_log, 2],
             chain.log[n_log, 3],
         )
-        if kind == _OP_CUT:
-            _join(f, a, b)
-        elif kind == _OP_SHIFT:
+        if kind == _OP_SHIFT:
             _shift(f, c, b, a)
         else:
             _cut(f, a, b)
@@ -525,114 +522,79 @@ def _undo_to(f, chain, n_log, target):
 
 
 @njit(cache=True)
-def _can_close(f, u, x, y, v0):
-    """Whether, after `_shift(f, u, x, y)`, the new free end y could be linked to v0 (v0 keeps
-    a free slot and lies in another fragment than y), judged before the shift."""
-    if y == v0 or _degree(f.links, v0) + (v0 == u) == 2:
-        return False
-    if f.frag[u] == f.frag[x]:  # one fragment before and after
-        return f.frag[v0] != f.frag[u]
-    # across: y keeps the part of x's fragment on its side of the link x-y
-    return not (f.frag[v0] == f.frag[x] and (f.rank[v0] > f.rank[x]) == (f.rank[y] > f.rank[x]))
-
-
-@njit(cache=True)
 def _ejection_chain(f, indptr, nbr, weight, c, breadth, chain):
-    """Search an improving ejection chain from c and apply it.
+    """Search an improving ejection chain from c, which has a free slot, and apply it.
 
-    Optionally unlink c from v0 first; then repeatedly link the free end u to some x and
-    unlink x from y, y becoming the free end; the chain may close by linking y to v0.
-    Depth-first with `breadth[level]` candidates per level; the first chain with a positive
-    gain is extended greedily and its best prefix kept. Returns the number of operations
+    Repeatedly link the free end u (first c) to some x and unlink x from y, y becoming the
+    free end. Depth-first with `breadth[level]` candidates per level; the first chain with a
+    positive gain is extended greedily and its best prefix kept. Returns the number of steps
     applied (0 = none; their documents are in chain.log).
     """
     max_depth = breadth.shape[0]
-    for start in range(3):
-        valid, v0 = _link_options(f, c, start)
-        if not valid:
-            continue
-        n_log = 0
-        gain0 = 0.0
-        if v0 >= 0:
-            _cut(f, c, v0)
-            n_log = _log(chain, n_log, _OP_CUT, c, v0, -1)
-            gain0 = -edge_weight(indptr, nbr, weight, c, v0)
-        best = _EPS
-        best_log = -1
-        best_close = -1
-        level = 0
-        chain.level_u[0] = c
-        chain.level_gain[0] = gain0
-        chain.level_log[0] = n_log
-        chain.ci[0] = 0
-        chain.cn[0] = _chain_candidates(
-            f, indptr, nbr, weight, c, gain0, breadth[0], chain.cx[0], chain.cy[0], chain.cg[0]
-        )
-        found = False
-        while True:
-            if chain.ci[level] >= chain.cn[level]:  # level exhausted: back up one
-                if level == 0 or found:
-                    break
-                level -= 1
-                n_log = _undo_to(f, chain, n_log, chain.level_log[level])
-                continue
-            j = chain.ci[level]
-            chain.ci[level] += 1
-            u = chain.level_u[level]
-            x = chain.cx[level, j]
-            y = chain.cy[level, j]
-            gain = chain.level_gain[level] + chain.cg[level, j]
-            closed = -np.inf
-            if y >= 0 and v0 >= 0 and _can_close(f, u, x, y, v0):
-                closed = gain + edge_weight(indptr, nbr, weight, y, v0)
-            improves = max(gain, closed) > best
-            row_best = weight[indptr[y]] if y >= 0 and indptr[y + 1] > indptr[y] else 0.0
-            deeper = y >= 0 and level + 1 < max_depth and gain + row_best > _EPS
-            if not (improves or deeper):
-                continue  # neither a gain nor a way on: no need to apply it
-            if y >= 0:
-                _shift(f, u, x, y)
-                n_log = _log(chain, n_log, _OP_SHIFT, u, x, y)
-            else:
-                _join(f, u, x)
-                n_log = _log(chain, n_log, _OP_ATTACH, u, x, -1)
-            if improves:
-                found = True
-                if closed > gain:
-                    best, best_log, best_close = closed, n_log, y
-                else:
-                    best, best_log, best_close = gain, n_log, -1
-            if not deeper:
-                if found:
-                    break
-                n_log = _undo_to(f, chain, n_log, chain.level_log[level])
-                continue
-            level += 1
-            chain.level_u[level] = y
-            chain.level_gain[level] = gain
-            chain.level_log[level] = n_log
-            chain.ci[level] = 0
-            chain.cn[level] = _chain_candidates(
-                f,
-                indptr,
-                nbr,
-                weight,
-                y,
-                gain,
-                1 if found else breadth[level],
-                chain.cx[level],
-                chain.cy[level],
-                chain.cg[level],
-            )
-            if found and chain.cn[level] == 0:
+    n_log = 0
+    best = _EPS
+    best_log = -1
+    level = 0
+    chain.level_u[0] = c
+    chain.level_gain[0] = 0.0
+    chain.level_log[0] = 0
+    chain.ci[0] = 0
+    chain.cn[0] = _chain_candidates(
+        f, indptr, nbr, weight, c, 0.0, breadth[0], chain.cx[0], chain.cy[0], chain.cg[0]
+    )
+    found = False
+    while True:
+        if chain.ci[level] >= chain.cn[level]:  # level exhausted: back up one
+            if level == 0 or found:
                 break
-        if found:
-            n_log = _undo_to(f, chain, n_log, best_log)
-            if best_close >= 0:
-                _join(f, best_close, v0)
-                n_log = _log(chain, n_log, _OP_ATTACH, best_close, v0, -1)
-            return n_log
-        _undo_to(f, chain, n_log, 0)
+            level -= 1
+            n_log = _undo_to(f, chain, n_log, chain.level_log[level])
+            continue
+        j = chain.ci[level]
+        chain.ci[level] += 1
+        u = chain.level_u[level]
+        x = chain.cx[level, j]
+        y = chain.cy[level, j]
+        gain = chain.level_gain[level] + chain.cg[level, j]
+        improves = gain > best
+        row_best = weight[indptr[y]] if y >= 0 and indptr[y + 1] > indptr[y] else 0.0
+        deeper = y >= 0 and level + 1 < max_depth and gain + row_best > _EPS
+        if not (improves or deeper):
+            continue  # neither a gain nor a way on: no need to apply it
+        if y >= 0:
+            _shift(f, u, x, y)
+            n_log = _log(chain, n_log, _OP_SHIFT, u, x, y)
+        else:
+            _join(f, u, x)
+            n_log = _log(chain, n_log, _OP_ATTACH, u, x, -1)
+        if improves:
+            found = True
+            best, best_log = gain, n_log
+        if not deeper:
+            if found:
+                break
+            n_log = _undo_to(f, chain, n_log, chain.level_log[level])
+            continue
+        level += 1
+        chain.level_u[level] = y
+        chain.level_gain[level] = gain
+        chain.level_log[level] = n_log
+        chain.ci[level] = 0
+        chain.cn[level] = _chain_candidates(
+            f,
+            indptr,
+            nbr,
+            weight,
+            y,
+            gain,
+            1 if found else breadth[level],
+            chain.cx[level],
+            chain.cy[level],
+            chain.cg[level],
+        )
+    if found:
+        return _undo_to(f, chain, n_log, best_log)
+    _undo_to(f, chain, n_log, 0)
     return 0
 
 
@@ -650,8 +612,9 @@ def improve_forest(links, indptr, nbr, weight, breadth):
     """Local search on an acyclic `links` forest, raising its summed link weight.
 
     Moves, all along kNN edges: 2-opt (which also joins and re-pairs fragment ends) and
-    ejection chains (depth len(breadth), breadth[level] candidates per level; empty = none).
-    A work queue holds the documents whose links changed. Changes `links` in place.
+    ejection chains from fragment ends (depth len(breadth), breadth[level] candidates per
+    level; empty = none). A work queue holds the documents whose links changed. Changes
+    `links` in place.
 
     Returns the number of moves applied.
     """
@@ -688,7 +651,7 @@ def improve_forest(links, indptr, nbr, weight, breadth):
                 tail = _enqueue(queue, queued, tail, x)
             moves += 1
             continue
-        if max_depth == 0:
+        if max_depth == 0 or _degree(links, c) == 2:
             continue
         n_log = _ejection_chain(f, indptr, nbr, weight, c, breadth, chain)
         if n_log:

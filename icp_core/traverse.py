@@ -15,9 +15,9 @@ Beyond the paper (measured in benchmarks/results/quality.md):
   fewer than two links and it closes no cycle; the resulting path fragments are joined end to
   end, first where two ends share a kNN neighbour (best two-hop similarity first).
 - `greedy-lk`: `greedy`, then local search on the fragments before joining them: 2-opt and
-  Lin-Kernighan-style ejection chains (link a free end to a neighbour, which drops one of its
-  links, whose other end continues), every move along kNN edges and accepted only when it
-  raises the summed similarity.
+  Lin-Kernighan-style ejection chains from fragment ends (link a free end to a neighbour,
+  which drops one of its links, whose other end continues), every move along kNN edges and
+  accepted only when it raises the summed similarity. The default.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ from icp_core.errors import IcpError
 ORIGINAL_MAX_RANK = 9
 ORIGINAL_CHAIN_MAX = 21
 # greedy-lk's ejection chains: candidates per level (the depth is the length). Wider or deeper
-# searches gained little for much more time (benchmarks/results/quality.md).
+# searches, or chains that also start by unlinking a document, gained little for 3-15 times
+# the time (benchmarks/results/quality.md).
 CHAIN_BREADTH = (5, 3, 1)
 # Two-hop fragment joins look at this many neighbours of an end and of each neighbour.
 TWO_HOP_WIDTH = 10
