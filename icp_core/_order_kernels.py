@@ -30,9 +30,9 @@ _EPS = 1e-6
 # (N,): per label, its size and its lowest- and highest-ranked document; free (N,): a stack
 # of unused labels, n_free (1,) its height; buf (N,): scratch.
 Forest = namedtuple("Forest", "links frag rank fsize fmin fmax free n_free buf")
-# An ejection chain's search state: log (depth + 2, 4) of applied operations (kind, a, b, c);
-# per level: candidates cx, cy, cg (depth + 1, breadth), their count cn and the next one ci,
-# the free end, the running gain and the log length on entering the level.
+# An ejection chain's search state: log (depth, 4) of the steps applied (kind, u, x, y); per
+# level: candidates cx, cy, cg (depth, breadth), their count cn and the next one ci, the free
+# end, the running gain and the log length on entering the level.
 Chain = namedtuple("Chain", "log cx cy cg cn ci level_u level_gain level_log")
 
 _OP_SHIFT = 0
@@ -193,7 +193,7 @@ def chain_fragments(links):
 
 
 # ---------------------------------------------------------------------------------------------
-# The forest with fragment labels and gapped ranks
+# The forest with fragment labels and ranks
 # ---------------------------------------------------------------------------------------------
 
 
@@ -623,15 +623,15 @@ def improve_forest(links, indptr, nbr, weight, breadth):
     max_depth = breadth.shape[0]
     width = max(1, breadth.max()) if max_depth else 1
     chain = Chain(
-        np.empty((max_depth + 2, 4), dtype=np.int64),
-        np.empty((max_depth + 1, width), dtype=np.int64),
-        np.empty((max_depth + 1, width), dtype=np.int64),
-        np.empty((max_depth + 1, width), dtype=np.float64),
-        np.zeros(max_depth + 1, dtype=np.int64),
-        np.zeros(max_depth + 1, dtype=np.int64),
-        np.empty(max_depth + 1, dtype=np.int64),
-        np.empty(max_depth + 1, dtype=np.float64),
-        np.empty(max_depth + 1, dtype=np.int64),
+        np.empty((max_depth, 4), dtype=np.int64),
+        np.empty((max_depth, width), dtype=np.int64),
+        np.empty((max_depth, width), dtype=np.int64),
+        np.empty((max_depth, width), dtype=np.float64),
+        np.zeros(max_depth, dtype=np.int64),
+        np.zeros(max_depth, dtype=np.int64),
+        np.empty(max_depth, dtype=np.int64),
+        np.empty(max_depth, dtype=np.float64),
+        np.empty(max_depth, dtype=np.int64),
     )
     queue = np.empty(n, dtype=np.int64)
     queued = np.zeros(n, dtype=np.bool_)

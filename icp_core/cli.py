@@ -337,7 +337,7 @@ def eval_command(
         )
         _run_until(ws, params, "dedup", False)
         corpus = evaluate.load_corpus(ws, params, progress("tokens"))
-    result = evaluate.evaluate(corpus, orders, packs, progress("eval"))
+    result = evaluate.evaluate(corpus, orders, packs, report=progress("eval"))
     typer.echo(json.dumps(result) if as_json else evaluate.format_table(result))
 
 

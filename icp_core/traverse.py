@@ -94,7 +94,8 @@ def _greedy_links(indptr: np.ndarray, nbr: np.ndarray, weight: np.ndarray) -> np
     rows = np.repeat(np.arange(n_docs, dtype=np.int64), np.diff(indptr))
     upper = rows < nbr  # each undirected edge once
     edge_a, edge_b, edge_w = rows[upper], nbr[upper].astype(np.int64), weight[upper]
-    best_first = np.lexsort((edge_b, edge_a, -edge_w))
+    # edges come by a, then weight desc and b asc: a stable sort on weight keeps ties by (a, b)
+    best_first = np.argsort(-edge_w, kind="stable")
     links = np.full((n_docs, 2), -1, dtype=np.int64)
     _order_kernels.join_ends(links, edge_a[best_first], edge_b[best_first])
     return links
