@@ -121,7 +121,7 @@ def _order_greedy(ids: np.ndarray, sims: np.ndarray, seed: int) -> np.ndarray:
 
 
 def _order_greedy_lk(ids: np.ndarray, sims: np.ndarray, seed: int) -> np.ndarray:
-    """Greedy-edge max-TSP improved by 2-opt, or-opt and ejection chains, then joined."""
+    """Greedy-edge max-TSP improved by 2-opt and ejection chains, then joined."""
     indptr, nbr, weight = _kernels.build_undirected_csr(ids, sims)
     links = _greedy_links(indptr, nbr, weight)
     _order_kernels.improve_forest(
