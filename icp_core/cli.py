@@ -52,7 +52,10 @@ ThresholdOpt = Annotated[
     float | None, typer.Option(help="Cosine at or above which documents are duplicates [0.95].")
 ]
 NoDedupOpt = Annotated[bool, typer.Option("--no-dedup", help="Keep near-duplicates.")]
-OrderOpt = Annotated[str | None, typer.Option("--order", help="Ordering method [icp].")]
+OrderOpt = Annotated[
+    str | None,
+    typer.Option("--order", help="Ordering: greedy-lk, greedy, icp, original, random [greedy-lk]."),
+]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed for random choices [0].")]
 LengthOpt = Annotated[int | None, typer.Option(help="Tokens per context [8192].")]
 TokenizerOpt = Annotated[
@@ -290,6 +293,54 @@ def metrics(
         baseline = random.get(key.removeprefix("random_")) if key in random else None
         extra = f"   (random: {_fmt(baseline)})" if baseline is not None else ""
         typer.echo(f"{key:28s} {_fmt(value)}{extra}")
+
+
+@app.command(name="eval")
+def eval_command(
+    workspace: WorkspaceOpt,
+    orders: Annotated[
+        list[str] | None,
+        typer.Option("--order", help="Ordering method to compare; repeat for several [all]."),
+    ] = None,
+    packs: Annotated[
+        list[str] | None,
+        typer.Option("--pack", help="Packing policy to compare; repeat for several [all]."),
+    ] = None,
+    k: KOpt = None,
+    context_length: LengthOpt = None,
+    tokenizer: TokenizerOpt = None,
+    separator: SeparatorOpt = None,
+    label_field: LabelOpt = None,
+    seed: SeedOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Compare ordering methods and packing policies on this workspace in one table."""
+    from icp_core import evaluate
+    from icp_core.pack import PACK_MODES
+    from icp_core.traverse import METHODS
+
+    orders = orders or list(METHODS)
+    packs = packs or list(PACK_MODES)
+    for name, choices, flag in ((orders, METHODS, "--order"), (packs, PACK_MODES, "--pack")):
+        unknown = [value for value in name if value not in choices]
+        if unknown:
+            raise IcpError(f"{flag} {unknown[0]}: choose from {', '.join(choices)}")
+    progress = _progress_factory()
+    with _open(workspace, wait) as ws:
+        params = _params(
+            ws,
+            k=k,
+            context_length=context_length,
+            tokenizer=tokenizer,
+            separator=separator,
+            label_field=label_field,
+            seed=seed,
+        )
+        _run_until(ws, params, "dedup", False)
+        corpus = evaluate.load_corpus(ws, params, progress("tokens"))
+    result = evaluate.evaluate(corpus, orders, packs, report=progress("eval"))
+    typer.echo(json.dumps(result) if as_json else evaluate.format_table(result))
 
 
 @app.command()
