@@ -24,6 +24,9 @@ NEIGHBORHOOD_MAX_NODES = 160
 STATUS_KEPT = "kept"
 STATUS_DUPLICATE = "duplicate"
 STATUS_NEAR_COPY = "near copy"  # dropped by the `original` ordering's text filter
+# A piece holding document text (see pack.Packing.content_pieces): not the lone separator a
+# document leaves at the start of the next context when its tokens end on the boundary.
+CONTENT_PIECE = "(c.token_end > c.token_start OR c.token_start = 0)"
 
 
 def _label_sql(label_field: str | None) -> str:
@@ -92,21 +95,29 @@ def context_summary(ws: Workspace, label_field: str | None) -> pd.DataFrame:
         raise IcpError("no contexts yet; run `icp pack` (or `icp run`) first")
     length = int(state["params"]["context_length"])
     return ws.arrow(
-        f"""WITH pieces AS (
-                SELECT c.context, c.slot, c.doc, c.token_end - c.token_start + c.sep_tokens
-                       AS tokens, d.id, {_label_sql(label_field)} AS label,
-                       CASE WHEN c.slot > 0 THEN o.sim_to_prev END AS sim,
-                       c.slot > 0 AND o.is_jump AS jump
-                FROM contexts c JOIN documents d USING (doc) LEFT JOIN ordering o USING (doc)),
+        f"""WITH all_pieces AS (
+                SELECT c.*, {CONTENT_PIECE} AS content,
+                       row_number() OVER (PARTITION BY c.context, {CONTENT_PIECE} ORDER BY c.slot)
+                       - 1 AS content_slot
+                FROM contexts c),
+            pieces AS (
+                SELECT c.context, c.slot, c.doc, c.content,
+                       c.token_end - c.token_start + c.sep_tokens AS tokens, d.id,
+                       {_label_sql(label_field)} AS label,
+                       CASE WHEN c.content AND c.content_slot > 0 THEN o.sim_to_prev END AS sim,
+                       c.content AND c.content_slot > 0 AND o.is_jump AS jump
+                FROM all_pieces c JOIN documents d USING (doc) LEFT JOIN ordering o USING (doc)),
             labels AS (
                 SELECT context, label, count(*) AS n,
                        row_number() OVER (PARTITION BY context ORDER BY count(*) DESC, label)
                        AS rank
-                FROM pieces WHERE label IS NOT NULL GROUP BY context, label)
-            SELECT p.context, count(*) AS n_docs, sum(tokens)::BIGINT AS tokens,
-                   sum(tokens) / {length} AS fill, avg(sim) AS mean_sim,
-                   count(*) FILTER (WHERE jump) AS jumps, any_value(l.label) AS top_label,
-                   any_value(l.n) / count(*) AS label_share, arg_min(p.id, p.slot) AS first_id
+                FROM pieces WHERE content AND label IS NOT NULL GROUP BY context, label)
+            SELECT p.context, count(*) FILTER (WHERE content) AS n_docs,
+                   sum(tokens)::BIGINT AS tokens, sum(tokens) / {length} AS fill,
+                   avg(sim) AS mean_sim, count(*) FILTER (WHERE jump) AS jumps,
+                   any_value(l.label) AS top_label,
+                   any_value(l.n) / count(*) FILTER (WHERE content) AS label_share,
+                   arg_min(p.id, p.slot) FILTER (WHERE content) AS first_id
             FROM pieces p LEFT JOIN labels l ON l.context = p.context AND l.rank = 1
             GROUP BY p.context ORDER BY p.context"""
     ).to_pandas()
@@ -123,19 +134,24 @@ def context_documents(ws: Workspace, context: int, label_field: str | None) -> p
                 SELECT doc, token_start,
                        row_number() OVER (PARTITION BY doc ORDER BY token_start) AS part,
                        count(*) OVER (PARTITION BY doc) AS parts
-                FROM contexts WHERE doc IN (SELECT doc FROM contexts WHERE context = ?))
+                FROM contexts c
+                WHERE {CONTENT_PIECE}
+                  AND doc IN (SELECT doc FROM contexts WHERE context = ?)),
+            pieces AS (
+                SELECT c.*, row_number() OVER (ORDER BY c.slot) - 1 AS content_slot
+                FROM contexts c WHERE c.context = ? AND {CONTENT_PIECE})
             SELECT c.slot, c.doc, d.id, {_label_sql(label_field)} AS label,
                    c.token_end - c.token_start + c.sep_tokens AS tokens,
                    CASE WHEN pr.parts > 1 THEN pr.part || '/' || pr.parts END AS part,
                    t.n_tokens AS doc_tokens,
-                   CASE WHEN c.slot > 0 THEN o.sim_to_prev END AS sim_to_prev,
-                   CASE WHEN c.slot > 0 THEN o.is_jump END AS jump,
+                   CASE WHEN c.content_slot > 0 THEN o.sim_to_prev END AS sim_to_prev,
+                   CASE WHEN c.content_slot > 0 THEN o.is_jump END AS jump,
                    {_preview_sql("d.text")} AS preview
-            FROM contexts c JOIN documents d USING (doc) {token_join}
+            FROM pieces c JOIN documents d USING (doc) {token_join}
             LEFT JOIN ordering o USING (doc)
             JOIN parts pr ON pr.doc = c.doc AND pr.token_start = c.token_start
-            WHERE c.context = ? ORDER BY c.slot""",
-        [context] + params + [context],
+            ORDER BY c.slot""",
+        [context, context] + params,
     ).to_pandas()
 
 

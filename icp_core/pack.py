@@ -133,6 +133,23 @@ class Packing:
         """Tokens per piece (document tokens plus separator)."""
         return self.end - self.start + self.sep
 
+    def content_pieces(self) -> Packing:
+        """The pieces that hold document text. A document whose tokens end exactly at a context
+        boundary leaves its separator to open the next context: that separator-only piece is
+        no appearance of the document there, so similarity metrics and views skip it."""
+        keep = (self.end > self.start) | (self.start == 0)
+        if keep.all():
+            return self
+        return Packing(
+            self.context[keep],
+            self.slot[keep],
+            self.doc[keep],
+            self.start[keep],
+            self.end[keep],
+            self.sep[keep],
+            self.n_contexts,
+        )
+
     def context_tokens(self) -> np.ndarray:
         """(n_contexts,) tokens filled in each context."""
         return np.bincount(self.context, weights=self.tokens, minlength=self.n_contexts).astype(

@@ -113,3 +113,12 @@ def test_context_length_must_exceed_the_separator():
         pack_contexts(np.array([0]), np.array([3]), 1, sep_tokens=1)
     with pytest.raises(IcpError, match="unknown pack mode"):
         pack_contexts(np.array([0]), np.array([3]), 8, "zigzag")
+
+
+def test_a_separator_left_over_for_the_next_context_is_no_content():
+    # doc 0 fills context 0 exactly with its 7 tokens; its separator opens context 1
+    packing = pack_contexts(np.array([0, 1]), np.array([7, 3]), 7, shuffle=False)
+    assert as_lists(packing) == [[(0, 7)], [(0, 1), (1, 4)]]
+    content = packing.content_pieces()
+    assert content.doc.tolist() == [0, 1] and content.context.tolist() == [0, 1]
+    assert content.n_contexts == 2

@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from app.main import APP_DIR, PAGES
 from icp_core import stages
-from icp_core.params import Params
+from icp_core.params import DEFAULT_ORDER, Params
 from icp_core.workspace import Workspace
 from tests.app.workspaces import HOSTILE_TEXT, copy_workspace, synthetic_workspace
 
@@ -40,7 +40,7 @@ def test_every_page_runs_on_the_sample(sample_workspace, page):
     assert not at.exception, at.exception
     assert not at.error, [e.value for e in at.error]
     assert [title.value for title in at.title] == [page.title]
-    assert "k = 10 · order = icp" in at.caption[0].value
+    assert f"k = 10 · order = {DEFAULT_ORDER}" in at.caption[0].value
 
 
 @pytest.fixture(scope="module")

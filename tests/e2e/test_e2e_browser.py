@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from app.main import APP_DIR, PAGES
+from icp_core.params import DEFAULT_ORDER
 from icp_core.workspace import Workspace
 
 pytestmark = [
@@ -188,17 +189,17 @@ def test_applying_a_new_k_updates_the_contexts(page, server):
     workspace = server[1]
     open_page(page, "Contexts")
     before = context_header(page)
-    assert "k = 10, order = icp" in before
+    assert f"k = 10, order = {DEFAULT_ORDER}" in before
     k_box = page.get_by_label("k (neighbours per document)")
     k_box.fill("5")
     k_box.press("Tab")
     started = time.monotonic()
     page.get_by_role("button", name="Apply").click()
-    page.get_by_text("k = 5, order = icp").first.wait_for(timeout=90_000)
+    page.get_by_text(f"k = 5, order = {DEFAULT_ORDER}").first.wait_for(timeout=90_000)
     updated_after = time.monotonic() - started
     settle(page, "Contexts")
     after = context_header(page)
-    assert "k = 5, order = icp" in after
+    assert f"k = 5, order = {DEFAULT_ORDER}" in after
     assert after != before
     assert page.get_by_text(re.compile("Last run .*re-ran dedup, order, pack, metrics")).count()
     shoot(page, "10-contexts-after-k5")
