@@ -52,7 +52,10 @@ ThresholdOpt = Annotated[
     float | None, typer.Option(help="Cosine at or above which documents are duplicates [0.95].")
 ]
 NoDedupOpt = Annotated[bool, typer.Option("--no-dedup", help="Keep near-duplicates.")]
-OrderOpt = Annotated[str | None, typer.Option("--order", help="Ordering method [icp].")]
+OrderOpt = Annotated[
+    str | None,
+    typer.Option("--order", help="Ordering: greedy-lk, greedy, icp, original, random [greedy-lk]."),
+]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed for random choices [0].")]
 LengthOpt = Annotated[int | None, typer.Option(help="Tokens per context [8192].")]
 TokenizerOpt = Annotated[
@@ -121,6 +124,8 @@ def _echo_outcomes(outcomes) -> None:
     for outcome in outcomes:
         shown = {k: v for k, v in outcome.counts.items() if not isinstance(v, dict | list)}
         summary = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
+        if outcome.status == "skipped":
+            summary = "up to date"
         typer.echo(
             f"{outcome.stage:8s} {outcome.status:7s} {outcome.seconds:6.1f}s  {summary}", err=True
         )
@@ -290,6 +295,54 @@ def metrics(
         typer.echo(f"{key:28s} {_fmt(value)}{extra}")
 
 
+@app.command(name="eval")
+def eval_command(
+    workspace: WorkspaceOpt,
+    orders: Annotated[
+        list[str] | None,
+        typer.Option("--order", help="Ordering method to compare; repeat for several [all]."),
+    ] = None,
+    packs: Annotated[
+        list[str] | None,
+        typer.Option("--pack", help="Packing policy to compare; repeat for several [all]."),
+    ] = None,
+    k: KOpt = None,
+    context_length: LengthOpt = None,
+    tokenizer: TokenizerOpt = None,
+    separator: SeparatorOpt = None,
+    label_field: LabelOpt = None,
+    seed: SeedOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    wait: WaitOpt = 0.0,
+) -> None:
+    """Compare ordering methods and packing policies on this workspace in one table."""
+    from icp_core import evaluate
+    from icp_core.pack import PACK_MODES
+    from icp_core.traverse import METHODS
+
+    orders = orders or list(METHODS)
+    packs = packs or list(PACK_MODES)
+    for name, choices, flag in ((orders, METHODS, "--order"), (packs, PACK_MODES, "--pack")):
+        unknown = [value for value in name if value not in choices]
+        if unknown:
+            raise IcpError(f"{flag} {unknown[0]}: choose from {', '.join(choices)}")
+    progress = _progress_factory()
+    with _open(workspace, wait) as ws:
+        params = _params(
+            ws,
+            k=k,
+            context_length=context_length,
+            tokenizer=tokenizer,
+            separator=separator,
+            label_field=label_field,
+            seed=seed,
+        )
+        _run_until(ws, params, "dedup", False)
+        corpus = evaluate.load_corpus(ws, params, progress("tokens"))
+    result = evaluate.evaluate(corpus, orders, packs, report=progress("eval"))
+    typer.echo(json.dumps(result) if as_json else evaluate.format_table(result))
+
+
 @app.command()
 def export(
     workspace: WorkspaceOpt,
@@ -392,6 +445,36 @@ def run(
 
 
 @app.command()
+def layout(workspace: WorkspaceOpt, force: ForceOpt = False, wait: WaitOpt = 0.0) -> None:
+    """Compute the 2-D map the app draws (UMAP over the stored kNN lists; once per kNN search)."""
+    with _open(workspace, wait) as ws:
+        _run_until(ws, _params(ws), "layout", force)
+
+
+@app.command(hidden=True)
+def job(
+    spec: Annotated[str, typer.Argument(help="JSON job spec file, or - to read it from stdin.")],
+) -> None:
+    """Run one job for the app (see `pipeline.run_job`); exits 1 when the job failed.
+
+    With `-`, the worker loads its kernels first and then waits for the spec: the app keeps
+    one such worker ready so that applying new parameters starts at once.
+    """
+    from icp_core import pipeline
+
+    if spec == "-":
+        pipeline.warm_up()
+        text = sys.stdin.read()
+        if not text.strip():  # the app went away without sending a job
+            return
+    else:
+        text = Path(spec).read_text()
+    status = pipeline.run_job(json.loads(text))
+    if status["state"] != "done":
+        raise typer.Exit(1)
+
+
+@app.command()
 def check(workspace: WorkspaceOpt, wait: WaitOpt = 0.0) -> None:
     """Check the invariants: documents in = kept + duplicates + rejects, each kept document
     exactly once across contexts, no context longer than the context length."""
@@ -440,7 +523,8 @@ def main() -> None:
         level=os.environ.get("ICP_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except IcpError as err:
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)

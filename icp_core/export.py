@@ -6,7 +6,10 @@ export never leaves a partial result under the final name. It always holds `mani
 `rejects.jsonl` (rows that never became documents), next to one of:
 
 - `contexts.jsonl` / `contexts.parquet`: one row per context with `context`, `text` (its
-  document pieces joined by the separator), `doc_ids` (input ids, in order) and `n_tokens`;
+  document pieces, each followed by the separator unless the document continues in another
+  context), `doc_ids` (input ids, in order), `doc_token_start`/`doc_token_end` (which tokens
+  of each document the piece holds: a document cut by a context boundary continues elsewhere)
+  and `n_tokens`;
 - `tokens.bin` (flat uint16/uint32 token ids) and `offsets.npy` (int64, n_contexts + 1):
   context i is `np.memmap("tokens.bin", dtype)[offsets[i]:offsets[i + 1]]`.
 """
@@ -28,6 +31,7 @@ import pyarrow as pa
 
 from icp_core import __version__, _kernels, pack, stages
 from icp_core.errors import IcpError
+from icp_core.faults import crash_point
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 
@@ -132,7 +136,7 @@ def _tokenizer_key(ws: Workspace) -> str:
 
 def _context_tables(ws: Workspace, params: Params, report: Report) -> Iterator[pa.Table]:
     """Tables of contexts: context, text (pieces joined, separators included), doc_ids,
-    n_tokens."""
+    doc_token_start/doc_token_end (each piece's token span in its document), n_tokens."""
     tokenizer = pack.load_tokenizer(str(stages._tokenizer_for(params)))
     sep_ids = np.asarray(stages.separator_for(params), dtype=np.int64)
     separator_texts: dict[tuple[int, bool], str] = {}
@@ -174,6 +178,12 @@ def _context_tables(ws: Workspace, params: Params, report: Report) -> Iterator[p
                 "doc_ids": pa.ListArray.from_arrays(
                     pa.array(bounds, pa.int32()), table.column("id").combine_chunks()
                 ),
+                "doc_token_start": pa.ListArray.from_arrays(
+                    pa.array(bounds, pa.int32()), pa.array(start, pa.int64())
+                ),
+                "doc_token_end": pa.ListArray.from_arrays(
+                    pa.array(bounds, pa.int32()), pa.array(end, pa.int64())
+                ),
                 "n_tokens": pa.array(np.add.reduceat(end - start + sep, firsts), pa.int64()),
             },
             schema=_CONTEXT_SCHEMA,
@@ -187,6 +197,8 @@ _CONTEXT_SCHEMA = pa.schema(
         ("context", pa.int64()),
         ("text", pa.string()),
         ("doc_ids", pa.list_(pa.string())),
+        ("doc_token_start", pa.list_(pa.int64())),
+        ("doc_token_end", pa.list_(pa.int64())),
         ("n_tokens", pa.int64()),
     ]
 )
@@ -304,6 +316,8 @@ def export_contexts(
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
+        for stale in parent.glob(f".{out.name}.partial-*"):  # left by a killed export
+            shutil.rmtree(stale, ignore_errors=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
     except OSError as err:
         raise IcpError(
@@ -324,6 +338,7 @@ def export_contexts(
         _write_removed(ws, staging)
         manifest = _manifest(ws, params, fmt, files_info, metrics, staging)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        crash_point("export.staged")
         if out.exists():
             shutil.rmtree(out) if out.is_dir() else out.unlink()
         os.replace(staging, out)

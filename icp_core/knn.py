@@ -108,11 +108,11 @@ def knn_search(
     Raises:
         IcpError: k < 1, an unknown index, or vectors that are not a finite 2-D array.
 
-    >>> v = np.eye(3, dtype=np.float32)
-    >>> knn_search(v, 5)[0]
-    array([[ 1,  2, -1, -1, -1],
-           [ 0,  2, -1, -1, -1],
-           [ 0,  1, -1, -1, -1]])
+    >>> v = np.array([[1, 0], [0.8, 0.6], [0, 1]], dtype=np.float32)
+    >>> knn_search(v, 3)[0]
+    array([[ 1,  2, -1],
+           [ 0,  2, -1],
+           [ 1,  0, -1]])
     """
     if k < 1:
         raise IcpError(f"k = {k}: k must be at least 1")

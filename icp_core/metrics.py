@@ -46,6 +46,7 @@ def word_ids(texts: list[str], max_words: int = CACHE_MAX_WORDS) -> WordIds:
 
 def adjacent_pairs(packing: Packing) -> tuple[np.ndarray, np.ndarray]:
     """Documents of consecutive pieces inside the same context: (previous, next)."""
+    packing = packing.content_pieces()
     same = packing.context[1:] == packing.context[:-1]
     return packing.doc[:-1][same], packing.doc[1:][same]
 
@@ -67,10 +68,11 @@ def context_pairwise_similarity(packing: Packing, vectors: np.ndarray) -> np.nda
 
     With unit vectors: sum over pairs i<j of v_i.v_j = (|sum v|^2 - n) / 2.
     """
-    if packing.n_contexts == 0:
+    packing = packing.content_pieces()
+    if len(packing.context) == 0:
         return np.zeros(0)
     # pieces are sorted by context, so each context is one contiguous block of rows
-    first_piece = np.searchsorted(packing.context, np.arange(packing.n_contexts))
+    _, first_piece = np.unique(packing.context, return_index=True)
     rows = vectors[packing.doc].astype(np.float64)
     sums = np.add.reduceat(rows, first_piece, axis=0)
     sizes = np.diff(np.r_[first_piece, len(packing.context)])
@@ -82,6 +84,7 @@ def context_pairwise_similarity(packing: Packing, vectors: np.ndarray) -> np.nda
 
 def context_cache_gain(packing: Packing, words: WordIds) -> float | None:
     """Mean gain (nats/word) from a cache of the preceding documents of the same context."""
+    packing = packing.content_pieces()
     gains = _kernels.cache_gain_per_piece(
         packing.context, packing.doc, words.ids, words.offsets, words.log_p_uni, CACHE_LAMBDA
     )

@@ -195,6 +195,23 @@ class Packing:
         """Tokens per piece (document tokens plus separator)."""
         return self.end - self.start + self.sep
 
+    def content_pieces(self) -> Packing:
+        """The pieces that hold document text. A document whose tokens end exactly at a context
+        boundary leaves its separator to open the next context: that separator-only piece is
+        no appearance of the document there, so similarity metrics and views skip it."""
+        keep = (self.end > self.start) | (self.start == 0)
+        if keep.all():
+            return self
+        return Packing(
+            self.context[keep],
+            self.slot[keep],
+            self.doc[keep],
+            self.start[keep],
+            self.end[keep],
+            self.sep[keep],
+            self.n_contexts,
+        )
+
     def context_tokens(self) -> np.ndarray:
         """(n_contexts,) tokens filled in each context."""
         return np.bincount(self.context, weights=self.tokens, minlength=self.n_contexts).astype(
@@ -226,7 +243,7 @@ def pack_contexts(
 
     >>> p = pack_contexts(np.array([0, 1]), np.array([3, 5]), 4, shuffle=False)
     >>> p.context.tolist(), p.doc.tolist(), p.start.tolist(), p.end.tolist(), p.sep.tolist()
-    ([0, 1, 1, 2], [0, 0, 1, 1], [0, 3, 0, 3], [3, 3, 3, 5], [0, 1, 0, 1])
+    ([0, 1, 2], [0, 1, 1], [0, 0, 4], [3, 4, 5], [1, 0, 1])
     """
     if mode not in PACK_MODES:
         raise IcpError(f"unknown pack mode '{mode}'; choose split or whole")

@@ -8,7 +8,8 @@ from typing import Any
 from icp_core.dedup import DEFAULT_THRESHOLD
 from icp_core.errors import IcpError
 
-DEFAULT_ORDER = "icp"
+# greedy-edge max-TSP + local search: the best measured ordering (benchmarks/results/quality.md)
+DEFAULT_ORDER = "greedy-lk"
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from icp_core import dedup, embed, knn, metrics, pack, traverse
+from icp_core import dedup, embed, knn, layout, metrics, pack, traverse
 from icp_core.errors import IcpError
+from icp_core.faults import crash_point
 from icp_core.ingest import ParsedSource, hash_file, hash_text, parse_source, source_fingerprint
 from icp_core.params import Params
 from icp_core.workspace import Workspace, _now
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 Report = Callable[[int, int], None]
 # kNN lists are stored at least this deep, so lowering or raising k up to it is a filter.
 KNN_MIN_STORED = 32
-_EMBED_CHECKPOINT_DOCS = 2048
+# Embedded vectors are committed every this many batches: a killed run loses at most that.
+EMBED_CHECKPOINT_BATCHES = 16
 
 
 def _noop(done: int, total: int) -> None:
@@ -202,8 +204,9 @@ def _embed_missing(ws: Workspace, params: Params, key: str, report: Report) -> i
     hashes = missing.column("text_hash").to_pylist()
     texts = missing.column("text").to_pylist()
     # one committed insert per checkpoint: an interrupted run keeps every finished chunk
-    for start in range(0, total, _EMBED_CHECKPOINT_DOCS):
-        stop = min(start + _EMBED_CHECKPOINT_DOCS, total)
+    checkpoint = params.batch_size * EMBED_CHECKPOINT_BATCHES
+    for start in range(0, total, checkpoint):
+        stop = min(start + checkpoint, total)
         vectors = embed.embed_texts(
             model,
             texts[start:stop],
@@ -211,6 +214,7 @@ def _embed_missing(ws: Workspace, params: Params, key: str, report: Report) -> i
             report=lambda done, _t, s=start: report(s + done, total),
         )
         _append_cache(ws, key, hashes[start:stop], vectors)
+        crash_point("embed.checkpoint")
     return total
 
 
@@ -259,11 +263,9 @@ def knn_key(params: Params) -> dict:
     return {"index": params.index}
 
 
-def knn_covers(stored: dict, key: dict, params: Params) -> bool:
+def knn_covers(stored: dict, params: Params) -> bool:
     """Stored lists serve any k up to the depth they were searched at."""
-    return {k: v for k, v in stored.items() if k != "k_max"} == key and stored.get(
-        "k_max", 0
-    ) >= params.k
+    return stored.get("k_max", 0) >= params.k
 
 
 def run_knn(ws: Workspace, params: Params, report: Report = _noop) -> dict:
@@ -281,6 +283,7 @@ def run_knn(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     )
     with ws.transaction():
         ws.replace_table("neighbors", table)
+        crash_point("knn.commit")
     return {
         "documents": int(len(ids)),
         "k_max": k_max,
@@ -361,6 +364,7 @@ def run_dedup(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     )
     with ws.transaction():
         ws.replace_table("duplicates", table)
+        crash_point("dedup.commit")
     return {"duplicates": int(len(removed)), "groups": int(len(np.unique(kept_doc[removed])))}
 
 
@@ -433,6 +437,7 @@ def run_order(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     with ws.transaction():
         ws.replace_table("ordering", table)
         ws.replace_table("order_drops", drop_table)
+        crash_point("order.commit")
     jumps = int(is_jump.sum())
     return {
         "ordered": int(len(order)),
@@ -550,6 +555,7 @@ def run_pack(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     )
     with ws.transaction():
         ws.replace_table("contexts", table)
+        crash_point("pack.commit")
     fill = packing.context_tokens()
     return {
         "contexts": packing.n_contexts,
@@ -685,11 +691,7 @@ def compute_metrics(ws: Workspace, params: Params) -> dict[str, Any]:
         )
 
     current = measure(packing)
-    random_order = kept[np.random.default_rng(params.seed + 1).permutation(len(kept))]
-    random_packing = pack.pack_contexts(
-        random_order, doc_tokens, params.context_length, params.pack, sep_tokens, True, params.seed
-    )
-    random = measure(random_packing)
+    random = measure(random_packing(kept, doc_tokens, params, sep_tokens))
     once = metrics.every_doc_once(packing, kept, doc_tokens, sep_tokens) and (
         len(kept) + n_duplicates == n_documents
     )
@@ -715,6 +717,17 @@ def compute_metrics(ws: Workspace, params: Params) -> dict[str, Any]:
         "dedup_threshold": params.dedup_threshold,
         "random": {k: v for k, v in random.items()},
     }
+
+
+def random_packing(
+    kept: np.ndarray, doc_tokens: np.ndarray, params: Params, sep_tokens: int
+) -> pack.Packing:
+    """The baseline the metrics compare against: the kept documents in a seeded random order,
+    packed with the same length and policy (what the usual pretraining pipeline does)."""
+    random_order = kept[np.random.default_rng(params.seed + 1).permutation(len(kept))]
+    return pack.pack_contexts(
+        random_order, doc_tokens, params.context_length, params.pack, sep_tokens, True, params.seed
+    )
 
 
 def latest_metrics(ws: Workspace, params: Params) -> dict[str, Any]:
@@ -773,3 +786,24 @@ def check_invariants(ws: Workspace) -> list[str]:
     ):
         problems.append("packed pieces do not cover every kept document's tokens exactly once")
     return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# layout (the app's map; not part of `icp run`)
+# ---------------------------------------------------------------------------------------------
+
+
+def layout_key(params: Params) -> dict:
+    return {"n_neighbors": layout.LAYOUT_NEIGHBORS, "method": "umap"}
+
+
+def run_layout(ws: Workspace, params: Params, report: Report = _noop) -> dict:
+    """2-D map coordinates of every document from the stored kNN lists (table `layout`)."""
+    ids, sims = read_neighbors(ws, layout.LAYOUT_NEIGHBORS - 1)
+    coords = layout.layout_2d(ids, sims, read_vectors(ws), report=report)
+    table = pa.table(
+        {"doc": np.arange(len(coords), dtype=np.int64), "x": coords[:, 0], "y": coords[:, 1]}
+    )
+    with ws.transaction():
+        ws.replace_table("layout", table)
+    return {"documents": int(len(coords))}

@@ -8,6 +8,16 @@ private function. Graph conventions shared by every method:
 - "Degree" is the number of distinct documents a document is joined to in that graph.
 - Ties are broken by the lower document index (most similar first, then lowest id), so every
   method is deterministic for a given input and seed.
+
+Beyond the paper (measured in benchmarks/results/quality.md):
+
+- `greedy`: greedy-edge max-TSP. Take kNN edges best first, keep one when both documents have
+  fewer than two links and it closes no cycle; the resulting path fragments are joined end to
+  end, first where two ends share a kNN neighbour (best two-hop similarity first).
+- `greedy-lk`: `greedy`, then local search on the fragments before joining them: 2-opt and
+  Lin-Kernighan-style ejection chains from fragment ends (link a free end to a neighbour,
+  which drops one of its links, whose other end continues), every move along kNN edges and
+  accepted only when it raises the summed similarity. The default.
 """
 
 from __future__ import annotations
@@ -16,13 +26,19 @@ from collections.abc import Callable
 
 import numpy as np
 
-from icp_core import _kernels
+from icp_core import _kernels, _order_kernels
 from icp_core.errors import IcpError
 
 # The authors' script follows ranks 1..9 of a self-included faiss list: columns 0..8 here,
 # and cuts chains at 21 documents.
 ORIGINAL_MAX_RANK = 9
 ORIGINAL_CHAIN_MAX = 21
+# greedy-lk's ejection chains: candidates per level (the depth is the length). Wider or deeper
+# searches, or chains that also start by unlinking a document, gained little for 3-15 times
+# the time (benchmarks/results/quality.md).
+CHAIN_BREADTH = (5, 3, 1)
+# Two-hop fragment joins look at this many neighbours of an end and of each neighbour.
+TWO_HOP_WIDTH = 10
 
 
 def _validate(neighbor_ids: np.ndarray, neighbor_sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -71,10 +87,54 @@ def _order_random(ids: np.ndarray, sims: np.ndarray, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(ids.shape[0]).astype(np.int64)
 
 
+def _greedy_links(indptr: np.ndarray, nbr: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Greedy-edge linear forest: (N, 2) links, edges taken by weight desc, then ids asc."""
+    n_docs = indptr.shape[0] - 1
+    rows = np.repeat(np.arange(n_docs, dtype=np.int64), np.diff(indptr))
+    upper = rows < nbr  # each undirected edge once
+    edge_a, edge_b, edge_w = rows[upper], nbr[upper].astype(np.int64), weight[upper]
+    # edges come by a, then weight desc and b asc: a stable sort on weight keeps ties by (a, b)
+    best_first = np.argsort(-edge_w, kind="stable")
+    links = np.full((n_docs, 2), -1, dtype=np.int64)
+    _order_kernels.join_ends(links, edge_a[best_first], edge_b[best_first])
+    return links
+
+
+def _join_fragments(
+    links: np.ndarray, indptr: np.ndarray, nbr: np.ndarray, weight: np.ndarray
+) -> np.ndarray:
+    """Join fragment ends by two-hop similarity, then chain what is left by lowest id."""
+    pair_a, pair_b, score = _order_kernels.two_hop_end_pairs(
+        links, indptr, nbr, weight, TWO_HOP_WIDTH
+    )
+    best_first = np.lexsort((pair_b, pair_a, -score))
+    _order_kernels.join_ends(links, pair_a[best_first], pair_b[best_first])
+    return _order_kernels.chain_fragments(links)
+
+
+def _order_greedy(ids: np.ndarray, sims: np.ndarray, seed: int) -> np.ndarray:
+    """Greedy-edge max-TSP, fragments joined by two-hop similarity."""
+    indptr, nbr, weight = _kernels.build_undirected_csr(ids, sims)
+    links = _greedy_links(indptr, nbr, weight)
+    return _join_fragments(links, indptr, nbr, weight)
+
+
+def _order_greedy_lk(ids: np.ndarray, sims: np.ndarray, seed: int) -> np.ndarray:
+    """Greedy-edge max-TSP improved by 2-opt and ejection chains, then joined."""
+    indptr, nbr, weight = _kernels.build_undirected_csr(ids, sims)
+    links = _greedy_links(indptr, nbr, weight)
+    _order_kernels.improve_forest(
+        links, indptr, nbr, weight, np.array(CHAIN_BREADTH, dtype=np.int64)
+    )
+    return _join_fragments(links, indptr, nbr, weight)
+
+
 METHODS: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray]] = {
     "icp": _order_icp,
     "original": _order_original,
     "random": _order_random,
+    "greedy": _order_greedy,
+    "greedy-lk": _order_greedy_lk,
 }
 
 
@@ -87,7 +147,8 @@ def traverse(
         neighbor_ids: (N, k) int, row i = doc i's neighbours best first, -1 = none.
         neighbor_sims: (N, k) float similarities matching neighbor_ids.
         method: one of `METHODS` ("icp" = Algorithm 1 of the paper, "original" = the authors'
-            released script, "random").
+            released script, "random", "greedy" = greedy-edge max-TSP, "greedy-lk" = greedy
+            improved by local search; see the module docstring).
         seed: used by methods with randomness.
 
     Returns:

@@ -81,10 +81,20 @@ def reference_export(ws: Workspace, params: Params) -> tuple[list[dict], list[in
         sep_part = sep_ids[len(sep_ids) - sep :] if tail else sep_ids[:sep]
         sep_text = tokenizer.decode(sep_part, skip_special_tokens=False) if sep else ""
         context = contexts.setdefault(
-            row["context"], {"context": row["context"], "text": "", "doc_ids": [], "n_tokens": 0}
+            row["context"],
+            {
+                "context": row["context"],
+                "text": "",
+                "doc_ids": [],
+                "doc_token_start": [],
+                "doc_token_end": [],
+                "n_tokens": 0,
+            },
         )
         context["text"] += row["text"][lo:hi] + sep_text
         context["doc_ids"].append(row["id"])
+        context["doc_token_start"].append(start)
+        context["doc_token_end"].append(end)
         context["n_tokens"] += end - start + sep
         tokens += encoding.ids[start:end] + list(sep_part)
     return [contexts[c] for c in sorted(contexts)], tokens

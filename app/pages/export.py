@@ -1,0 +1,108 @@
+"""Export: write the contexts (JSONL, Parquet or token ids) with their manifest."""
+
+import io
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+
+import streamlit as st
+
+from app import state
+from icp_core.errors import IcpError
+from icp_core.export import FORMATS
+
+# a download is built in memory; larger exports go to a folder
+DOWNLOAD_LIMIT_MB = 200
+FORMAT_NOTES = {
+    "jsonl": "`contexts.jsonl`: one JSON object per context (context, text, doc_ids, n_tokens)",
+    "parquet": "`contexts.parquet`: the same columns, for `datasets`, pandas or Spark",
+    "tokens": "`tokens.bin` + `offsets.npy`: flat token ids for `np.memmap`; context i is "
+    "`tokens[offsets[i]:offsets[i + 1]]`",
+}
+
+ws = state.page_setup()
+st.title("Export")
+fmt = st.radio("Format", FORMATS, key="export_format", captions=[FORMAT_NOTES[f] for f in FORMATS])
+st.caption(
+    "Every export also holds manifest.json (parameters, fingerprints, metrics), "
+    "duplicates.jsonl and rejects.jsonl."
+)
+
+
+def _run_export(out: Path, overwrite: bool) -> dict | None:
+    bar = st.progress(0.0, text="exporting…")
+    try:
+        manifest = state.export(
+            ws,
+            out,
+            fmt,
+            overwrite,
+            lambda done, total: bar.progress(
+                done / total if total else 1.0, text=f"{done:,}/{total:,} contexts"
+            ),
+        )
+    except IcpError as err:
+        bar.empty()
+        st.error(str(err))
+        return None
+    bar.empty()
+    return manifest
+
+
+write_tab, download_tab = st.tabs(["Write to a folder", "Download"])
+with write_tab:
+    default = Path.cwd() / "out" / f"{ws.path.stem}-{fmt}"
+    out = st.text_input("Output folder", value=str(default), key=f"export_out_{fmt}")
+    overwrite = st.checkbox("Replace the folder if it exists", key="export_overwrite")
+    if st.button("Write", type="primary", key="export_write"):
+        manifest = _run_export(Path(out).expanduser(), overwrite)
+        if manifest is not None:
+            st.session_state["export_manifest"] = manifest
+            st.success(f"Wrote {out}")
+with download_tab:
+    if st.button("Prepare a .zip download", key="export_prepare"):
+        folder = Path(tempfile.mkdtemp(prefix="icp-export-"))
+        try:
+            manifest = _run_export(folder / "export", overwrite=False)
+            if manifest is not None:
+                size = sum(p.stat().st_size for p in (folder / "export").iterdir())
+                if size > DOWNLOAD_LIMIT_MB * 2**20:
+                    st.error(
+                        f"The export is {size / 2**20:.0f} MB, over the {DOWNLOAD_LIMIT_MB} MB "
+                        "download limit; write it to a folder instead."
+                    )
+                else:
+                    buffer = io.BytesIO()
+                    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+                        for file in sorted((folder / "export").iterdir()):
+                            archive.write(file, file.name)
+                    st.session_state["export_zip"] = (fmt, ws.key("pack"), buffer.getvalue())
+                    st.session_state["export_manifest"] = manifest
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    prepared = st.session_state.get("export_zip")
+    if prepared and prepared[:2] == (fmt, ws.key("pack")):
+        st.download_button(
+            f"Download {ws.path.stem}-{fmt}.zip ({len(prepared[2]) / 2**20:.1f} MB)",
+            prepared[2],
+            file_name=f"{ws.path.stem}-{fmt}.zip",
+            mime="application/zip",
+            type="primary",
+        )
+
+manifest = st.session_state.get("export_manifest")
+if manifest:
+    st.subheader("Manifest")
+    files, counts = st.columns(2)
+    files.dataframe(
+        {"file": list(manifest["files"]), "bytes": list(manifest["files"].values())},
+        hide_index=True,
+        width="stretch",
+    )
+    counts.dataframe(
+        {"count": list(manifest["counts"]), "value": [str(v) for v in manifest["counts"].values()]},
+        hide_index=True,
+        width="stretch",
+    )
+    st.json(manifest, expanded=2)

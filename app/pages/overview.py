@@ -1,0 +1,68 @@
+"""Overview: do the contexts hold related documents, compared with random packing?"""
+
+import streamlit as st
+
+from app import charts, state
+from icp_core import explore
+
+ws = state.page_setup()
+st.title("Overview")
+result = state.latest_metrics(ws)
+random = result["random"]
+
+tiles = list(charts.METRIC_NAMES.items())
+for row in (tiles[:3], tiles[3:]):
+    for column, (key, (name, higher_is_better)) in zip(st.columns(3), row, strict=True):
+        value, baseline = result.get(key), random.get(key)
+        column.metric(
+            name,
+            "n/a" if value is None else f"{value:.3f}",
+            delta=None
+            if value is None or baseline is None
+            else f"{value - baseline:+.3f} vs random ({baseline:.3f})",
+            delta_color="normal" if higher_is_better else "inverse",
+            border=True,
+        )
+
+st.caption(
+    f"{result['n_documents']:,} documents in · {result['n_kept']:,} kept · "
+    f"{result['n_duplicates']:,} duplicates removed · {result['n_rejected']:,} rejected rows · "
+    f"{result['n_contexts']:,} contexts · every document exactly once: "
+    f"{'yes' if result['every_doc_once'] else '**NO**'}"
+)
+if result["label_field"] is None:
+    st.caption("No `label` field in the documents: label agreement is not measured.")
+
+left, right = st.columns([3, 2])
+with left:
+    st.subheader("Adjacent similarity: current vs random packing")
+    sims = state.adjacent_similarities(ws)
+    st.plotly_chart(
+        charts.similarity_histogram(sims["current"], sims["random"], ws.params.order),
+        key="similarity_histogram",
+    )
+with right:
+    st.subheader("Against random and other methods")
+    table = explore.compare_runs(result, state.metrics_history(ws))
+    table.index = [charts.METRIC_NAMES[key][0] for key in table.index]
+    st.dataframe(table.style.format("{:.3f}", na_rep="–"), width="stretch")
+    st.caption(
+        "Other methods appear once applied with the same k, context length, pack policy "
+        "and dedup threshold (switch the ordering method in the sidebar)."
+    )
+
+st.subheader("Contexts: fill and size")
+st.plotly_chart(
+    charts.fill_histograms(state.contexts(ws), ws.params.context_length), key="fill_histograms"
+)
+
+with st.expander("What these numbers mean"):
+    st.markdown(state.help_text("metrics"))
+with st.expander(f"Removed documents ({result['n_duplicates']:,})"):
+    st.dataframe(state.removed(ws), hide_index=True, width="stretch")
+with st.expander(f"Rejected input rows ({result['n_rejected']:,})"):
+    st.dataframe(state.rejects(ws), hide_index=True, width="stretch")
+with st.expander("Every parameter set computed so far"):
+    st.dataframe(state.metrics_history(ws), hide_index=True, width="stretch")
+with st.expander("Stage runs (newest first)"):
+    st.dataframe(state.stage_runs(ws), hide_index=True, width="stretch")

@@ -1,0 +1,157 @@
+"""The Streamlit app under AppTest: every page of PAGES, parameters applied, text kept as text."""
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app.main import APP_DIR, PAGES
+from icp_core import stages
+from icp_core.params import DEFAULT_ORDER, Params
+from icp_core.workspace import Workspace
+from tests.app.workspaces import HOSTILE_TEXT, copy_workspace, synthetic_workspace
+
+MAIN = str(APP_DIR / "main.py")
+
+
+def open_app(workspace: Path | None = None, page: str | None = None) -> AppTest:
+    at = AppTest.from_file(MAIN, default_timeout=120)
+    if workspace is not None:
+        at.session_state["workspace"] = str(workspace)
+    at.run()
+    if page is not None:
+        at.switch_page(page).run()
+    return at
+
+
+def shown_metrics(at: AppTest) -> dict[str, str]:
+    return {metric.label: metric.value for metric in at.metric}
+
+
+def stored_metrics(path: Path) -> tuple[Params, dict]:
+    with Workspace(path, read_only=True) as ws:
+        params = Params.from_dict(ws.load_settings())
+        return params, stages.latest_metrics(ws, params)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[page.title for page in PAGES])
+def test_every_page_runs_on_the_sample(sample_workspace, page):
+    at = open_app(sample_workspace, page.file)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert [title.value for title in at.title] == [page.title]
+    assert f"k = 10 · order = {DEFAULT_ORDER}" in at.caption[0].value
+
+
+@pytest.fixture(scope="module")
+def unlabelled_workspace(tmp_path_factory) -> Path:
+    return synthetic_workspace(tmp_path_factory.mktemp("unlabelled"), until="layout", labels=False)
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[page.title for page in PAGES])
+def test_every_page_runs_on_a_small_unlabelled_corpus(unlabelled_workspace, page):
+    at = open_app(unlabelled_workspace, page.file)
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]
+    assert "37 documents · k = 5" in at.caption[0].value
+
+
+def test_overview_shows_the_stored_metrics_next_to_random(sample_workspace):
+    at = open_app(sample_workspace)
+    _, stored = stored_metrics(sample_workspace)
+    shown = shown_metrics(at)
+    assert shown["Adjacent similarity"] == f"{stored['adjacent_sim_mean']:.3f}"
+    adjacent = next(m for m in at.metric if m.label == "Adjacent similarity")
+    gain = stored["adjacent_sim_mean"] - stored["random"]["adjacent_sim_mean"]
+    assert adjacent.delta.startswith(f"{gain:+.3f} vs random")
+
+
+def test_applying_k_and_method_updates_the_metrics(sample_copy):
+    at = open_app(sample_copy)
+    before = shown_metrics(at)
+    assert at.number_input(key="k").value == 10
+    at.number_input(key="k").set_value(5)
+    at.selectbox(key="order").select("random")
+    next(b for b in at.button if b.label == "Apply").click()
+    at.run()
+    assert not at.exception, at.exception
+    params, stored = stored_metrics(sample_copy)
+    assert (params.k, params.order) == (5, "random")
+    after = shown_metrics(at)
+    assert after["Adjacent similarity"] == f"{stored['adjacent_sim_mean']:.3f}"
+    assert after["Jump rate"] == f"{stored['jump_rate']:.3f}"
+    # a random order is random packing: similarity drops to the baseline, nearly all jumps
+    assert float(after["Adjacent similarity"]) < float(before["Adjacent similarity"]) - 0.2
+    assert float(after["Jump rate"]) > 0.8 > float(before["Jump rate"])
+    assert "k = 5 · order = random" in at.caption[0].value
+    assert any(
+        "re-ran dedup, order, pack, metrics; reused embed, knn" in c.value
+        for c in at.sidebar.caption
+    )
+
+    at.number_input(key="k").set_value(20)
+    at.selectbox(key="order").select("icp")
+    next(b for b in at.button if b.label == "Apply").click()
+    at.run()
+    _, stored = stored_metrics(sample_copy)
+    assert shown_metrics(at)["Adjacent similarity"] == f"{stored['adjacent_sim_mean']:.3f}"
+    assert stored["k"] == 20 and stored["order"] == "icp"
+
+
+def test_invalid_tokenizer_is_refused_without_running(sample_copy):
+    at = open_app(sample_copy)
+    at.text_input(key="tokenizer").input("/no/such/tokenizer.json")
+    next(b for b in at.button if b.label == "Apply").click()
+    at.run()
+    assert not at.exception
+    assert any("/no/such/tokenizer.json" in e.value for e in at.sidebar.error)
+    assert stored_metrics(sample_copy)[0].tokenizer is None
+
+
+def test_document_text_is_shown_as_text_never_as_markup(tmp_path):
+    path = synthetic_workspace(tmp_path)
+    at = open_app(path, "pages/contexts.py")
+    at.text_input(key="context_query").input("alert(1)").run()
+    assert not at.exception, at.exception
+    found = at.dataframe[0].value
+    assert found["preview"].tolist() == [HOSTILE_TEXT]
+    doc = int(found["doc"].iloc[0])
+    at.selectbox(key="context_doc").select(doc).run()
+    assert at.code[0].value == HOSTILE_TEXT
+    rendered = [e.value for e in (*at.markdown, *at.caption, *at.title, *at.subheader)]
+    assert not any("alert(1)" in value or "evil.example" in value for value in rendered)
+
+    at.switch_page("pages/graph.py").run()
+    assert not at.exception, at.exception
+    assert at.text[0].value.startswith("databases-0")
+    assert not any("alert(1)" in e.value for e in (*at.markdown, *at.caption))
+
+
+def test_opens_on_the_bundled_sample_without_arguments(sample_workspace, app_cache):
+    copy_workspace(sample_workspace, app_cache)  # as if built on an earlier start
+    at = open_app()
+    assert not at.exception, at.exception
+    assert "sample.duckdb** (bundled sample)" in at.caption[0].value
+
+
+def test_parameter_form_keeps_its_values_across_pages(sample_workspace):
+    at = open_app(sample_workspace)
+    for page in (*PAGES, *PAGES):
+        at.switch_page(page.file).run()
+        assert at.number_input(key="k").value == 10, page.title
+        assert at.number_input(key="context_length").value == 8192, page.title
+        assert at.checkbox(key="dedup").value, page.title
+
+
+def test_opens_the_workspace_given_after_double_dash(unlabelled_workspace, monkeypatch):
+    """`icp app --workspace WS` runs `streamlit run app/main.py -- --workspace WS`."""
+    monkeypatch.setattr("sys.argv", ["app/main.py", "--workspace", str(unlabelled_workspace)])
+    at = open_app()
+    assert not at.exception, at.exception
+    assert at.caption[0].value.startswith("**synthetic.duckdb** · 37 documents")
+
+
+def test_a_missing_workspace_is_a_clear_error(tmp_path):
+    at = open_app(tmp_path / "nowhere.duckdb")
+    assert not at.exception
+    assert "no such workspace" in at.error[0].value

@@ -1,0 +1,70 @@
+"""app.charts: figures from frames; document text in hover labels is escaped."""
+
+import numpy as np
+import pandas as pd
+
+from app import charts
+from tests.app.workspaces import HOSTILE_TEXT
+
+
+def points(n: int = 6) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "doc": np.arange(n),
+            "x": np.linspace(0, 1, n),
+            "y": np.linspace(1, 0, n),
+            "id": [f"doc-{i}" for i in range(n)],
+            "label": ["a", "b"] * (n // 2),
+            "context": [0, 0, 1, 1, None, 2][:n],
+            "status": ["kept"] * (n - 1) + ["duplicate"],
+            "preview": [HOSTILE_TEXT] + ["plain"] * (n - 1),
+        }
+    )
+
+
+def test_hover_text_escapes_markup():
+    text = charts.hover_text(points())[0]
+    assert "<script>" not in text and "&lt;script&gt;" in text
+    assert "&lt;b&gt;tag&lt;/b&gt;" in text
+
+
+def test_map_colours_and_path():
+    frame = points()
+    by_status = charts.document_map(frame, "status")
+    assert [t.name for t in by_status.data] == ["kept", "duplicate"]
+    assert sum(len(t.x) for t in by_status.data) == len(frame)
+    path = frame.iloc[:4].assign(slot=range(4), jump=[None, False, True, False])
+    with_path = charts.document_map(frame, "context", path)
+    names = [t.name for t in with_path.data]
+    assert names == [
+        "contexts",
+        "removed (no context)",
+        "path",
+        "jump (not a kNN edge)",
+        "documents in order",
+    ]
+    jump_trace = with_path.data[3]
+    assert list(jump_trace.x) == [frame.x[1], frame.x[2], None]  # the step into slot 2
+    assert with_path.data[-1].marker.symbol == ("star", "arrow", "arrow", "arrow")
+
+
+def test_labels_beyond_the_palette_are_grouped_and_said(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "doc": range(30),
+            "x": 0.0,
+            "y": 0.0,
+            "id": "d",
+            "context": 0,
+            "status": "kept",
+            "preview": "",
+            "label": [f"l{i}" for i in range(30)],
+        }
+    )
+    names = [t.name for t in charts.document_map(frame, "label").data]
+    assert len(names) == charts.MAX_LABEL_COLORS + 1 and names[-1] == "10 other labels"
+
+
+def test_similarity_histogram_has_both_distributions():
+    fig = charts.similarity_histogram(np.array([0.5, 0.6]), np.array([0.1, 0.2]), "icp")
+    assert [t.name for t in fig.data] == ["icp (current)", "random packing"]

@@ -1,0 +1,137 @@
+"""Export round trips: every kept document's full text exactly once; token files; manifest."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from icp_core import pack, stages
+from icp_core.errors import IcpError
+from icp_core.export import export_contexts
+from icp_core.workspace import Workspace
+from tests.conftest import TINY_PARAMS
+
+
+def export(ws_path: Path, out: Path, fmt: str, **kwargs) -> dict:
+    with Workspace(ws_path) as ws:
+        return export_contexts(ws, TINY_PARAMS, out, fmt, **kwargs)
+
+
+def kept_texts(ws_path: Path) -> dict[str, str]:
+    with Workspace(ws_path, read_only=True) as ws:
+        rows = ws.arrow(
+            "SELECT d.id, d.text FROM ordering o JOIN documents d USING (doc)"
+        ).to_pylist()
+    return {row["id"]: row["text"] for row in rows}
+
+
+def reassemble(rows: list[dict], separator: str) -> dict[str, str]:
+    """Cut each context's text back into pieces and glue each document's pieces in token order."""
+    pieces: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for row in rows:
+        parts = row["text"].split(separator)
+        if row["text"].endswith(separator):
+            parts = parts[:-1]
+        assert len(parts) == len(row["doc_ids"])
+        for doc_id, start, part in zip(row["doc_ids"], row["doc_token_start"], parts, strict=True):
+            pieces[doc_id].append((start, part))
+    return {doc_id: "".join(p for _, p in sorted(parts)) for doc_id, parts in pieces.items()}
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_text_round_trip_gives_every_kept_document_once(tiny_workspace, tmp_path, fmt):
+    manifest = export(tiny_workspace, tmp_path / "out", fmt)
+    if fmt == "jsonl":
+        lines = (tmp_path / "out" / "contexts.jsonl").read_text().splitlines()
+        rows = [json.loads(line) for line in lines]
+    else:
+        rows = (
+            duckdb.sql(f"SELECT * FROM '{tmp_path / 'out' / 'contexts.parquet'}'")
+            .to_arrow_table()
+            .to_pylist()
+        )
+    assert len(rows) == manifest["counts"]["n_contexts"]
+    assert sorted(r["context"] for r in rows) == list(range(len(rows)))
+    split_docs = [
+        d for r in rows for d, s in zip(r["doc_ids"], r["doc_token_start"], strict=True) if s > 0
+    ]
+    assert split_docs, "the tiny corpus at 64 tokens must split some documents"
+    assert reassemble(rows, "[SEP]") == kept_texts(tiny_workspace)
+    assert all(r["n_tokens"] <= TINY_PARAMS.context_length for r in rows)
+
+
+def test_parquet_loads_with_datasets(tiny_workspace, tmp_path):
+    from datasets import load_dataset
+
+    export(tiny_workspace, tmp_path / "out", "parquet")
+    dataset = load_dataset("parquet", data_files=str(tmp_path / "out" / "contexts.parquet"))
+    assert set(dataset["train"].column_names) >= {"text", "doc_ids", "n_tokens"}
+
+
+def test_tokens_match_the_tokenizer(tiny_workspace, tmp_path):
+    manifest = export(tiny_workspace, tmp_path / "out", "tokens")
+    tokens = np.memmap(tmp_path / "out" / "tokens.bin", dtype=manifest["counts"]["dtype"], mode="r")
+    offsets = np.load(tmp_path / "out" / "offsets.npy")
+    assert offsets[-1] == len(tokens) == manifest["counts"]["n_tokens"]
+    with Workspace(tiny_workspace, read_only=True) as ws:
+        packing = stages.read_packing(ws)
+        texts = ws.arrow("SELECT text FROM documents ORDER BY doc").column("text").to_pylist()
+        tokenizer = pack.load_tokenizer(str(stages._tokenizer_for(TINY_PARAMS)))
+        sep = stages.separator_for(TINY_PARAMS)
+    for c in range(packing.n_contexts):
+        expected = []
+        for row in np.flatnonzero(packing.context == c):
+            ids = tokenizer.encode(texts[packing.doc[row]], add_special_tokens=False).ids
+            expected += ids[packing.start[row] : packing.end[row]] + sep[: packing.sep[row]]
+        assert tokens[offsets[c] : offsets[c + 1]].tolist() == expected
+    assert np.diff(offsets).max() <= TINY_PARAMS.context_length
+
+
+def test_manifest_and_side_files(tiny_workspace, tmp_path):
+    manifest = export(tiny_workspace, tmp_path / "out", "jsonl", metrics={"adjacent_sim_mean": 1})
+    on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert on_disk["parameters"]["context_length"] == 64
+    assert on_disk["metrics"] == {"adjacent_sim_mean": 1}
+    assert on_disk["source_fingerprint"] == manifest["source_fingerprint"]
+    assert set(on_disk["files"]) >= {"contexts.jsonl", "duplicates.jsonl", "rejects.jsonl"}
+    assert (tmp_path / "out" / "duplicates.jsonl").exists()
+
+
+def test_duplicates_are_exported(tmp_path):
+    from icp_core import pipeline
+    from tests.conftest import write_jsonl
+
+    rows = [
+        {"id": "a", "text": "The cat sat on the warm windowsill all afternoon."},
+        {"id": "b", "text": "the cat sat on the warm windowsill all afternoon"},
+        {"id": "c", "text": "Quarterly revenue grew by eight percent."},
+    ]
+    corpus = write_jsonl(tmp_path / "d.jsonl", rows)
+    with Workspace(tmp_path / "w.duckdb") as ws:
+        pipeline.ingest(ws, [str(corpus)], TINY_PARAMS)
+        pipeline.run(ws, TINY_PARAMS)
+        export_contexts(ws, TINY_PARAMS, tmp_path / "out", "jsonl")
+    lines = (tmp_path / "out" / "duplicates.jsonl").read_text().splitlines()
+    [duplicate] = [json.loads(line) for line in lines]
+    assert (duplicate["id"], duplicate["kept_id"]) == ("b", "a")
+
+
+def test_existing_output_needs_overwrite(tiny_workspace, tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("mine")
+    with pytest.raises(IcpError, match="already exists; pass --overwrite"):
+        export(tiny_workspace, tmp_path / "out", "jsonl")
+    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
+    export(tiny_workspace, tmp_path / "out", "jsonl", overwrite=True)
+    assert not (tmp_path / "out" / "keep.txt").exists()
+    assert not list(tmp_path.glob(".out.partial-*"))
+
+
+def test_unknown_format(tiny_workspace, tmp_path):
+    with pytest.raises(IcpError, match="unknown export format"):
+        export(tiny_workspace, tmp_path / "out", "csv")

@@ -1,0 +1,148 @@
+"""The executor: skip-if-unchanged, what re-runs when a knob changes, edge-size corpora."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from icp_core import pipeline, stages
+from icp_core.errors import IcpError
+from icp_core.params import Params
+from icp_core.workspace import Workspace
+from tests.conftest import TINY_PARAMS, write_jsonl
+
+
+def statuses(outcomes) -> dict[str, str]:
+    return {o.stage: o.status for o in outcomes}
+
+
+def test_unchanged_run_skips_every_stage(tiny_workspace):
+    with Workspace(tiny_workspace) as ws:
+        assert set(statuses(pipeline.run(ws, TINY_PARAMS)).values()) == {"skipped"}
+        assert set(statuses(pipeline.run(ws, TINY_PARAMS, force=True)).values()) == {"ran"}
+
+
+@pytest.mark.parametrize(
+    "change, reran",
+    [
+        ({"k": 6}, {"dedup", "order", "pack", "metrics"}),
+        ({"k": 40}, {"knn", "dedup", "order", "pack", "metrics"}),
+        ({"order": "original"}, {"order", "pack", "metrics"}),
+        ({"context_length": 32}, {"pack", "metrics"}),
+        ({"pack": "whole"}, {"pack", "metrics"}),
+        ({"dedup_threshold": None}, {"dedup", "order", "pack", "metrics"}),
+        ({"index": "hnsw"}, {"knn", "dedup", "order", "pack", "metrics"}),
+    ],
+)
+def test_a_change_reruns_only_dependent_stages(tiny_workspace, change, reran):
+    with Workspace(tiny_workspace) as ws:
+        outcomes = pipeline.run(ws, TINY_PARAMS.updated(**change))
+        ran = {stage for stage, status in statuses(outcomes).items() if status == "ran"}
+        assert ran == reran
+        assert stages.latest_metrics(ws, TINY_PARAMS.updated(**change))["every_doc_once"]
+
+
+def test_lowering_k_back_reuses_the_deeper_search(tiny_workspace):
+    with Workspace(tiny_workspace) as ws:
+        pipeline.run(ws, TINY_PARAMS.updated(k=40))
+        outcomes = pipeline.run(ws, TINY_PARAMS.updated(k=3))
+        assert statuses(outcomes)["knn"] == "skipped"
+        assert statuses(outcomes)["embed"] == "skipped"
+
+
+def test_runs_are_recorded(tiny_workspace):
+    with Workspace(tiny_workspace) as ws:
+        pipeline.run(ws, TINY_PARAMS.updated(k=5))
+        rows = ws.arrow(
+            "SELECT stage, status, seconds, counts FROM stage_runs ORDER BY started_at DESC LIMIT 6"
+        ).to_pylist()
+        assert {r["stage"] for r in rows} == {"embed", "knn", "dedup", "order", "pack", "metrics"}
+        order_row = next(r for r in rows if r["stage"] == "order")
+        assert json.loads(order_row["counts"])["ordered"] == 18
+        assert ws.load_settings()["k"] == 5
+
+
+def test_without_documents_is_a_clear_error(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with Workspace(tmp_path / "w.duckdb") as ws:
+        pipeline.ingest(ws, [str(empty)], TINY_PARAMS)
+        with pytest.raises(IcpError, match="no documents ingested yet"):
+            pipeline.run(ws, TINY_PARAMS)
+
+
+def test_one_document(tmp_path):
+    corpus = write_jsonl(tmp_path / "one.jsonl", [{"id": "only", "text": "A single document."}])
+    with Workspace(tmp_path / "w.duckdb") as ws:
+        pipeline.ingest(ws, [str(corpus)], TINY_PARAMS)
+        pipeline.run(ws, TINY_PARAMS)
+        result = stages.latest_metrics(ws, TINY_PARAMS)
+        assert result["every_doc_once"] and result["n_contexts"] == 1
+        assert result["adjacent_sim_mean"] is None and result["jump_rate"] is None
+        assert stages.check_invariants(ws) == []
+
+
+def test_duplicates_are_removed_recorded_and_accounted_for(tmp_path):
+    rows = [
+        {"id": "a", "text": "The cat sat on the warm windowsill all afternoon."},
+        {"id": "b", "text": "the cat sat on the warm windowsill all afternoon"},
+        {"id": "c", "text": "Quarterly revenue grew by eight percent."},
+    ]
+    corpus = write_jsonl(tmp_path / "dup.jsonl", rows)
+    with Workspace(tmp_path / "w.duckdb") as ws:
+        pipeline.ingest(ws, [str(corpus)], TINY_PARAMS)
+        pipeline.run(ws, TINY_PARAMS)
+        dup = ws.arrow("SELECT doc, kept_doc, sim FROM duplicates").to_pylist()
+        assert [(d["doc"], d["kept_doc"]) for d in dup] == [(1, 0)] and dup[0]["sim"] > 0.95
+        result = stages.latest_metrics(ws, TINY_PARAMS)
+        assert (result["n_documents"], result["n_duplicates"], result["n_kept"]) == (3, 1, 2)
+        assert result["every_doc_once"]
+        assert ws.column("SELECT doc FROM ordering ORDER BY doc").tolist() == [0, 2]
+
+
+def test_original_order_records_its_near_copy_drops(tmp_path):
+    prefix = "Package: libexample{}\nExample library for reading and writing example files. "
+    rows = [
+        {"id": f"v{i}", "text": prefix.format(i) + f"Version {i} adds feature {i * 7}."}
+        for i in range(5)
+    ]
+    rows += [{"id": "other", "text": "Completely unrelated: a recipe for lemon cake."}]
+    corpus = write_jsonl(tmp_path / "c.jsonl", rows)
+    params = TINY_PARAMS.updated(order="original", dedup_threshold=None)
+    with Workspace(tmp_path / "w.duckdb") as ws:
+        pipeline.ingest(ws, [str(corpus)], params)
+        pipeline.run(ws, params)
+        drops = ws.arrow("SELECT doc, kept_doc, reason FROM order_drops").to_pylist()
+        # every adjacent pair of variants is a near copy; "other" (doc 5) never is
+        assert drops and all("authors' filter" in d["reason"] for d in drops)
+        assert all(d["doc"] != 5 and d["kept_doc"] != 5 for d in drops)
+        result = stages.latest_metrics(ws, params)
+        assert result["n_duplicates"] == len(drops) and result["every_doc_once"]
+        assert stages.check_invariants(ws) == []
+
+
+def test_k_larger_than_the_corpus(tiny_workspace):
+    with Workspace(tiny_workspace) as ws:
+        pipeline.run(ws, TINY_PARAMS.updated(k=100))
+        result = stages.latest_metrics(ws, TINY_PARAMS.updated(k=100))
+        assert result["every_doc_once"] and result["jump_rate"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"k": 0}, "k must be at least 1"),
+        ({"order": "zigzag"}, "--order zigzag"),
+        ({"context_length": 1}, "--context-length 1"),
+        ({"dedup_threshold": 1.5}, "--no-dedup"),
+    ],
+)
+def test_bad_parameters(tiny_workspace, change, message):
+    with Workspace(tiny_workspace) as ws, pytest.raises(IcpError, match=message):
+        pipeline.run(ws, TINY_PARAMS.updated(**change))
+
+
+def test_settings_round_trip():
+    params = Params(k=7, dedup_threshold=None, tokenizer="/x/tokenizer.json")
+    assert Params.from_dict(params.to_dict()) == params

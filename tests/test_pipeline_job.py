@@ -1,0 +1,76 @@
+"""pipeline.run_job (what the app's worker runs) and skip-if-unchanged for every stage."""
+
+import json
+
+from icp_core import pipeline
+from icp_core.params import Params
+from icp_core.workspace import Workspace
+from tests.app.workspaces import synthetic_workspace
+
+
+def test_a_job_records_each_stage_and_reuses_unchanged_ones(tmp_path):
+    path = synthetic_workspace(tmp_path)
+    status_file = tmp_path / "job.json"
+    status = pipeline.run_job(
+        {
+            "workspace": str(path),
+            "params": dict(Params.from_dict(_settings(path)).to_dict(), k=3),
+            "until": "metrics",
+            "status_file": str(status_file),
+            "description": "k=3",
+        }
+    )
+    assert status == json.loads(status_file.read_text())
+    assert status["state"] == "done" and status["error"] is None
+    ran = {s["stage"]: s["status"] for s in status["stages"]}
+    assert ran == {
+        "embed": "skipped",
+        "knn": "skipped",
+        "dedup": "ran",
+        "order": "ran",
+        "pack": "ran",
+        "metrics": "ran",
+    }
+
+
+def test_rerunning_with_the_same_parameters_skips_every_stage(tmp_path):
+    """pack stores its separator ids next to its key; that must not make it re-run."""
+    path = synthetic_workspace(tmp_path)
+    with Workspace(path) as ws:
+        outcomes = pipeline.run(ws, Params.from_dict(ws.load_settings()))
+    assert {o.stage: o.status for o in outcomes} == dict.fromkeys(
+        ("embed", "knn", "dedup", "order", "pack", "metrics"), "skipped"
+    )
+
+
+def test_a_failing_job_reports_one_line_and_keeps_the_workspace(tmp_path):
+    path = synthetic_workspace(tmp_path)
+    settings = _settings(path)
+    status = pipeline.run_job(
+        {
+            "workspace": str(path),
+            "params": dict(settings, tokenizer=str(tmp_path / "missing.json")),
+            "status_file": str(tmp_path / "job.json"),
+        }
+    )
+    assert status["state"] == "failed"
+    assert "missing.json" in status["error"] and "\n" not in status["error"]
+    with Workspace(path, read_only=True) as ws:
+        assert ws.has_table("contexts")
+
+
+def test_invalid_parameters_fail_the_job_before_touching_the_workspace(tmp_path):
+    status = pipeline.run_job(
+        {
+            "workspace": str(tmp_path / "new.duckdb"),
+            "params": {"k": 0},
+            "status_file": str(tmp_path / "job.json"),
+        }
+    )
+    assert status["state"] == "failed" and "--k 0" in status["error"]
+    assert not (tmp_path / "new.duckdb").exists()
+
+
+def _settings(path) -> dict:
+    with Workspace(path, read_only=True) as ws:
+        return ws.load_settings()
