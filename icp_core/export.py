@@ -36,6 +36,17 @@ from icp_core.params import Params
 from icp_core.workspace import Workspace
 
 FORMATS = ("jsonl", "parquet", "tokens")
+# One row per context in contexts.parquet (and in the Ray engine's contexts-*.parquet files).
+CONTEXT_SCHEMA = pa.schema(
+    [
+        ("context", pa.int64()),
+        ("text", pa.string()),
+        ("doc_ids", pa.list_(pa.string())),
+        ("doc_token_start", pa.list_(pa.int64())),
+        ("doc_token_end", pa.list_(pa.int64())),
+        ("n_tokens", pa.int64()),
+    ]
+)
 _CONTEXT_BATCH = 512
 
 Report = Callable[[int, int], None]
@@ -63,6 +74,18 @@ def separator_part(sep_ids: np.ndarray, sep: int, start: int, end: int) -> np.nd
     multi-token separator was cut by a context boundary and this piece holds no doc tokens."""
     continuation = start == end and start > 0
     return sep_ids[len(sep_ids) - sep :] if continuation else sep_ids[:sep]
+
+
+def piece_text(
+    tokenizer, sep_ids: np.ndarray, text: str, start: int, end: int, n_tokens: int, sep: int
+) -> str:
+    """A piece as it appears in a context's text: tokens [start, end) of the document's text,
+    then the separator tokens the piece carries, decoded."""
+    lo, hi = piece_char_span(tokenizer, text, start, end, n_tokens)
+    if not sep:
+        return text[lo:hi]
+    tail = separator_part(sep_ids, sep, start, end).tolist()
+    return text[lo:hi] + tokenizer.decode(tail, skip_special_tokens=False)
 
 
 def _context_batches(ws: Workspace, n_contexts: int) -> Iterator[pa.Table]:
@@ -104,18 +127,18 @@ def _text_rows(ws: Workspace, params: Params, report: Report) -> Iterator[dict[s
                     "ends": [],
                     "n": 0,
                 }
-            text = columns["text"][i]
             start, end = columns["token_start"][i], columns["token_end"][i]
-            lo, hi = piece_char_span(tokenizer, text, start, end, columns["n_tokens"][i])
-            sep = columns["sep_tokens"][i]
-            sep_text = (
-                tokenizer.decode(
-                    separator_part(sep_ids, sep, start, end).tolist(), skip_special_tokens=False
+            current["parts"].append(
+                piece_text(
+                    tokenizer,
+                    sep_ids,
+                    columns["text"][i],
+                    start,
+                    end,
+                    columns["n_tokens"][i],
+                    columns["sep_tokens"][i],
                 )
-                if sep
-                else ""
             )
-            current["parts"].append(text[lo:hi] + sep_text)
             current["doc_ids"].append(columns["id"][i])
             current["starts"].append(start)
             current["ends"].append(end)
@@ -149,16 +172,7 @@ def _write_jsonl(rows: Iterator[dict[str, Any]], path: Path) -> int:
 def _write_parquet(rows: Iterator[dict[str, Any]], path: Path) -> int:
     import pyarrow.parquet as pq
 
-    schema = pa.schema(
-        [
-            ("context", pa.int64()),
-            ("text", pa.string()),
-            ("doc_ids", pa.list_(pa.string())),
-            ("doc_token_start", pa.list_(pa.int64())),
-            ("doc_token_end", pa.list_(pa.int64())),
-            ("n_tokens", pa.int64()),
-        ]
-    )
+    schema = CONTEXT_SCHEMA
     count = 0
     with pq.ParquetWriter(path, schema) as writer:
         buffer: list[dict[str, Any]] = []
