@@ -101,6 +101,7 @@ class RayOptions:
 def ray_session(options: RayOptions) -> Iterator[None]:
     """Join `options.address` or start a local cluster; a session already open is reused (and
     left open)."""
+    _quiet_ray_data()
     if ray.is_initialized():
         yield
         return
@@ -118,7 +119,6 @@ def ray_session(options: RayOptions) -> Iterator[None]:
             ) from None
     else:
         ray.init(**kwargs, **options.init_args)
-    _quiet_ray_data()
     try:
         yield
     finally:
