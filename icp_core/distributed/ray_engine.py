@@ -797,20 +797,28 @@ def dedup_stage(searched: list[Searched], params: Params, n_docs: int) -> Remove
 # ---------------------------------------------------------------------------------------------
 
 
+GRAPH_COLUMNS = ["doc", "nbr_ids", "nbr_sims"]
+CONTENT_COLUMNS = ["doc", "id", "text", "label", "vector"]
+
+
 @ray.remote
 def _route_task(
     table: pa.Table, list_partition: np.ndarray, removed: np.ndarray, n_partitions: int
-) -> Any:
-    """Split one searched block by partition, dropping removed documents."""
+) -> tuple:
+    """Split one searched block by partition, dropping removed documents: P graph tables (what
+    the walk reads) then P content tables (what packing reads), so a walk never holds texts."""
     doc = _column(table, "doc")
     part = np.where(np.isin(doc, removed), -1, list_partition[_column(table, "list")])
-    parts = tuple(table.filter(pa.array(part == p)) for p in range(n_partitions))
-    return parts if n_partitions > 1 else parts[0]
+    masks = [pa.array(part == p) for p in range(n_partitions)]
+    graph = [table.select(GRAPH_COLUMNS).filter(mask) for mask in masks]
+    content = [table.select(CONTENT_COLUMNS).filter(mask) for mask in masks]
+    return (*graph, *content)
 
 
 @ray.remote(num_returns=3)
 def _traverse_task(removed: np.ndarray, k: int, seed: int, *parts: pa.Table) -> tuple:
-    """Walk one partition with `traverse.traverse`; return the path, its leftovers and ends."""
+    """Walk one partition with `traverse.traverse`; return the path (doc and kNN lists without
+    removed documents, in path order), its leftovers and a summary of its chain ends."""
     table = pa.concat_tables(parts)
     table = table.take(pa.array(np.argsort(_column(table, "doc"), kind="stable")))
     members = _column(table, "doc")
@@ -822,10 +830,14 @@ def _traverse_task(removed: np.ndarray, k: int, seed: int, *parts: pa.Table) -> 
     kept_ids, kept_sims = partition.drop_removed(nbr_ids, nbr_sims, removed, k)
     on_edge = traverse.transitions_on_edges(order, partition.localize(kept_ids, members), kept_sims)
     ends = partition.path_ends(on_edge)
-    path = table.take(pa.array(order)).drop_columns(["nbr_ids", "nbr_sims"])
-    path = path.append_column("kept_ids", _fixed(kept_ids[order]))
-    path = path.append_column("kept_sims", _fixed(kept_sims[order]))
     path_docs = members[order]
+    path = pa.table(
+        {
+            "doc": path_docs,
+            "kept_ids": _fixed(kept_ids[order]),
+            "kept_sims": _fixed(kept_sims[order]),
+        }
+    )
     singles = path.filter(pa.array(ends.single))
     summary = {
         "single_doc": path_docs[ends.single],
@@ -839,10 +851,21 @@ def _traverse_task(removed: np.ndarray, k: int, seed: int, *parts: pa.Table) -> 
     return path, singles, summary
 
 
+@ray.remote
+def _pick_task(docs: np.ndarray, *parts: pa.Table) -> pa.Table:
+    """The content rows of the leftovers that leave a partition."""
+    table = pa.concat_tables(parts)
+    return table.filter(pa.array(np.isin(_column(table, "doc"), docs)))
+
+
 @dataclass
 class Ordered:
+    """Per partition: its path and leftovers (graph columns) and its content tables (one per
+    block); plus the leftovers' moves."""
+
     paths: list[Any]
     singles: list[Any]
+    content: list[list[Any]]
     moves: partition.Reattachment
     counts: dict[str, Any]
 
@@ -867,11 +890,8 @@ def order_stage(
     removed_ref = ray.put(np.sort(removed.doc))
     list_partition_ref = ray.put(list_partition)
     routed = [
-        _refs(
-            _route_task.options(num_returns=n_partitions).remote(
-                s.ref, list_partition_ref, removed_ref, n_partitions
-            ),
-            n_partitions,
+        _route_task.options(num_returns=2 * n_partitions).remote(
+            s.ref, list_partition_ref, removed_ref, n_partitions
         )
         for s in searched
     ]
@@ -879,6 +899,7 @@ def order_stage(
         _traverse_task.remote(removed_ref, params.k, params.seed, *[r[p] for r in routed])
         for p in range(n_partitions)
     ]
+    content = [[r[n_partitions + p] for r in routed] for p in range(n_partitions)]
     summaries = []
     for done, (_, _, summary_ref) in enumerate(tasks, start=1):
         summaries.append(_get(summary_ref))
@@ -913,12 +934,19 @@ def order_stage(
         "reattached": int(len(moves.doc)),
         "reattached_across_partitions": int((moves.origin != moves.partition).sum()),
     }
-    return Ordered([t[0] for t in tasks], [t[1] for t in tasks], moves, counts)
+    return Ordered([t[0] for t in tasks], [t[1] for t in tasks], content, moves, counts)
 
 
 # ---------------------------------------------------------------------------------------------
 # pack (and the metrics measured per partition)
 # ---------------------------------------------------------------------------------------------
+
+
+def _rows_for(table: pa.Table, docs: np.ndarray) -> pa.Table:
+    """The rows of `table` for `docs`, in that order (each doc must be present)."""
+    found = _column(table, "doc")
+    by_doc = np.argsort(found, kind="stable")
+    return table.take(pa.array(by_doc[np.searchsorted(found[by_doc], docs)]))
 
 
 @ray.remote(num_returns=2)
@@ -930,18 +958,23 @@ def _pack_task(
     before: np.ndarray,
     params: Params,
     label_field: str | None,
-    *origin_singles: pa.Table,
+    n_content: int,
+    *parts: pa.Table,
 ) -> tuple[pa.Table, dict[str, Any]]:
-    """Apply the moves, count tokens, pack, measure, and render the context rows."""
-    arrivals = pa.concat_tables([path.slice(0, 0), *origin_singles])
-    arrivals = arrivals.filter(pa.array(np.isin(_column(arrivals, "doc"), arriving)))
-    found = _column(arrivals, "doc")
-    arrivals = arrivals.take(
-        pa.array(np.argsort(found, kind="stable")[np.searchsorted(np.sort(found), arriving)])
-    )
-    table = pa.concat_tables([path, arrivals])
+    """Apply the moves, count tokens, pack, measure, and render the context rows.
+
+    `parts`: this partition's `n_content` content tables, then the leftover tables of the
+    partitions that send documents here, then those documents' content rows (one per sender).
+    """
+    n_senders = (len(parts) - n_content) // 2
+    senders_graph = parts[n_content : n_content + n_senders]
+    arrivals = _rows_for(pa.concat_tables([path.slice(0, 0), *senders_graph]), arriving)
     final = partition.merge_moves(_column(path, "doc"), leaving, arriving, target, before)
-    table = table.take(pa.array(final))
+    graph = pa.concat_tables([path, arrivals]).take(pa.array(final))
+    table = _rows_for(
+        pa.concat_tables([*parts[:n_content], *parts[n_content + n_senders :]]),
+        _column(graph, "doc"),
+    )
     path_docs = _column(table, "doc")
     # number the members in doc order, as the local engine numbers kept documents
     by_doc = np.argsort(path_docs, kind="stable")
@@ -958,8 +991,8 @@ def _pack_task(
         order, doc_tokens, params.context_length, params.pack, len(sep_ids), shuffle=False
     )
     vectors = _matrix(table.column("vector"), np.float32)[by_doc]
-    kept_ids = _matrix(table.column("kept_ids"), np.int64)[by_doc]
-    kept_sims = _matrix(table.column("kept_sims"), np.float32)[by_doc]
+    kept_ids = _matrix(graph.column("kept_ids"), np.int64)[by_doc]
+    kept_sims = _matrix(graph.column("kept_sims"), np.float32)[by_doc]
     graph = traverse.build_graph(partition.localize(kept_ids, members), kept_sims)
     labels = None
     if label_field is not None:
@@ -1070,9 +1103,13 @@ def pack_stage(
     moves = ordered.moves
     n_partitions = len(ordered.paths)
     tasks = []
+    picked = {
+        p: _pick_task.remote(moves.doc[moves.origin == p], *ordered.content[p])
+        for p in np.unique(moves.origin).tolist()
+    }
     for p in range(n_partitions):
         arriving = moves.partition == p
-        origins = np.unique(moves.origin[arriving])
+        senders = np.unique(moves.origin[arriving]).tolist()
         tasks.append(
             _pack_task.remote(
                 ordered.paths[p],
@@ -1082,7 +1119,10 @@ def pack_stage(
                 moves.before[arriving],
                 params,
                 label_field,
-                *[ordered.singles[o] for o in origins],
+                len(ordered.content[p]),
+                *ordered.content[p],
+                *[ordered.singles[o] for o in senders],
+                *[picked[o] for o in senders],
             )
         )
     summaries = []
