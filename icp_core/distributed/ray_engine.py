@@ -82,6 +82,8 @@ class RayOptions:
     address: a cluster to join (`ray://host:10001`, `host:6379`, `auto`); None starts a local one.
     partitions: P for the order stage; None: one per `PARTITION_DOCS` kept documents.
     block_docs, contexts_per_file: work and output granularity.
+    reattach: move leftovers next to chain ends across partitions (off only to measure what
+        it brings: benchmarks/bench_partitioned.py).
     init_args: extra `ray.init` arguments for a local cluster (tests cap CPUs and memory).
     """
 
@@ -89,6 +91,7 @@ class RayOptions:
     partitions: int | None = None
     block_docs: int = BLOCK_DOCS
     contexts_per_file: int = CONTEXTS_PER_FILE
+    reattach: bool = True
     init_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -114,8 +117,10 @@ def ray_session(options: RayOptions) -> Iterator[None]:
             ray.init(address=options.address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise IcpError(
-                f"--ray-address {options.address}: cannot join the cluster ({err}); "
-                "start it with `ray start --head` or pass the address it prints"
+                f"--ray-address {options.address}: cannot join the cluster ({err}); check the "
+                "address `ray start --head` printed, and for a cluster with token "
+                "authentication (Ray's default) set RAY_AUTH_MODE=token with its token in "
+                "~/.ray/auth_token or RAY_AUTH_TOKEN"
             ) from None
     else:
         ray.init(**kwargs, **options.init_args)
@@ -580,7 +585,7 @@ def _read_block(directory: Path) -> tuple[np.ndarray, np.ndarray]:
 
 @ray.remote(num_returns=2)
 def _search_task(
-    index_bytes: np.ndarray,
+    index_path: str,
     doc_list: np.ndarray,
     n_lists: int,
     directory: str,
@@ -596,7 +601,8 @@ def _search_task(
     faiss.omp_set_num_threads(
         max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
     )
-    index = faiss.deserialize_index(index_bytes)
+    # IVF lists are memory-mapped: the search tasks of one node share one copy (page cache)
+    index = faiss.read_index(index_path, faiss.IO_FLAG_MMAP)
     doc, vectors = _read_block(Path(directory))
     if not np.array_equal(doc, np.arange(start, stop)):
         raise IcpError(f"{directory}: embeddings do not cover documents {start}..{stop - 1}")
@@ -647,9 +653,15 @@ def _search_task(
 
 
 def knn_stage(
-    corpus: Corpus, params: Params, folder: Path, options: RayOptions, report: Report
+    corpus: Corpus,
+    params: Params,
+    folder: Path,
+    work: Path,
+    options: RayOptions,
+    report: Report,
 ) -> tuple[list[Searched], np.ndarray, dict[str, Any]]:
-    """Train an IVF index on a sample, add the blocks one by one, search every block in a task.
+    """Train an IVF index on a sample, add the blocks one by one, store it under `work`, and
+    search every block of `folder` in a task.
 
     Returns:
         The searched blocks, each document's IVF list (N,) int32, and the stage counts.
@@ -690,7 +702,9 @@ def knn_stage(
         else:
             index.add_with_ids(vectors, doc)
         doc_list[doc] = quantizer.search(vectors, 1)[1][:, 0]
-    index_ref = ray.put(faiss.serialize_index(index))
+    work.mkdir(parents=True, exist_ok=True)
+    index_path = work / "knn.index"
+    faiss.write_index(index, str(index_path))
     del index, ivf
     doc_list_ref = ray.put(doc_list)
     k_max = max(params.k, stages.KNN_MIN_STORED)
@@ -699,7 +713,7 @@ def knn_stage(
         pieces = [x for pair in _overlapping(corpus.shards, start, stop) for x in pair]
         tasks.append(
             _search_task.remote(
-                index_ref,
+                str(index_path),
                 doc_list_ref,
                 n_lists,
                 str(directory),
@@ -876,6 +890,7 @@ def order_stage(
     removed: Removed,
     params: Params,
     n_partitions: int,
+    reattach: bool,
     report: Report,
 ) -> Ordered:
     """Group IVF lists into partitions, walk each in a task, plan the leftovers' moves."""
@@ -907,11 +922,12 @@ def order_stage(
     part_ids = np.arange(n_partitions)
     counts_single = [len(s["single_doc"]) for s in summaries]
     end_doc = np.concatenate([np.r_[s["head_doc"], s["tail_doc"]] for s in summaries])
+    n_candidates = sum(counts_single) if reattach else 0  # with it off, no leftover moves
     moves = partition.plan_reattachment(
-        single_doc=np.concatenate([s["single_doc"] for s in summaries]),
-        single_partition=np.repeat(part_ids, counts_single),
-        candidate_ids=np.concatenate([s["single_ids"] for s in summaries]),
-        candidate_sims=np.concatenate([s["single_sims"] for s in summaries]),
+        single_doc=np.concatenate([s["single_doc"] for s in summaries])[:n_candidates],
+        single_partition=np.repeat(part_ids, counts_single)[:n_candidates],
+        candidate_ids=np.concatenate([s["single_ids"] for s in summaries])[:n_candidates],
+        candidate_sims=np.concatenate([s["single_sims"] for s in summaries])[:n_candidates],
         end_doc=end_doc,
         end_partition=np.repeat(
             part_ids, [len(s["head_doc"]) + len(s["tail_doc"]) for s in summaries]
@@ -1330,12 +1346,16 @@ def _run_stages(
 
     started = time.time()
     keep_embeddings = not params.vectors
-    folder = staging / ("embeddings.parquet" if keep_embeddings else "_work/embeddings")
+    work = staging / "_work"  # removed before the folder gets its final name
+    folder = staging / "embeddings.parquet" if keep_embeddings else work / "embeddings"
+
     embed_counts = embed_stage(corpus, params, options, folder, progress("embed"))
     timed("embed", embed_counts, started)
 
     started = time.time()
-    searched, doc_list, knn_counts = knn_stage(corpus, params, folder, options, progress("knn"))
+    searched, doc_list, knn_counts = knn_stage(
+        corpus, params, folder, work, options, progress("knn")
+    )
     timed("knn", knn_counts, started)
 
     started = time.time()
@@ -1347,7 +1367,9 @@ def _run_stages(
     n_partitions = resolve_partitions(
         options.partitions, corpus.n_documents - len(removed.doc), knn_counts["ivf_lists"]
     )
-    ordered = order_stage(searched, doc_list, removed, params, n_partitions, progress("order"))
+    ordered = order_stage(
+        searched, doc_list, removed, params, n_partitions, options.reattach, progress("order")
+    )
     timed("order", ordered.counts, started)
 
     started = time.time()
@@ -1362,7 +1384,7 @@ def _run_stages(
     if any(s["over_length"] for s in summaries):
         raise IcpError("internal check failed: a context exceeds --context-length")
     _write_removed(staging, corpus, removed, params)
-    shutil.rmtree(staging / "_work", ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     manifest = _manifest(staging, params, names, corpus, outcomes, result, embed_counts)
     (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
     timed("metrics", {k: v for k, v in result.items() if not isinstance(v, dict)}, started)
