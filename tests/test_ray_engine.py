@@ -197,7 +197,7 @@ class TestSampleSubset:
 def test_embeds_with_the_model_in_an_actor_pool(ray_cluster, tmp_path):
     rows = tiny_rows()
     corpus = write_jsonl(tmp_path / "tiny.jsonl", rows)
-    params = Params(k=4, context_length=64)
+    params = Params(k=4, context_length=64, index="ivf")  # the memory-mapped IVF search
     options = ray_engine.RayOptions(partitions=1, block_docs=8)
     outcomes, manifest = ray_engine.run_pipeline([str(corpus)], params, tmp_path / "out", options)
     stored = pq.read_table(tmp_path / "out" / "embeddings.parquet")
@@ -208,6 +208,7 @@ def test_embeds_with_the_model_in_an_actor_pool(ray_cluster, tmp_path):
     assert sorted(doc.tolist()) == list(range(len(rows)))
     assert np.abs(vectors - expected).max() < 1e-4
     assert next(o for o in outcomes if o.stage == "embed").counts["embedded"] == len(rows)
+    assert next(o for o in outcomes if o.stage == "knn").counts["index"] == "ivf"
     result = manifest["metrics"]
     assert result["every_doc_once"] and result["n_kept"] == len(rows)
     assert result["adjacent_sim_mean"] > result["random_adjacent_sim_mean"]
