@@ -108,9 +108,14 @@ def _open(workspace: Path, wait: float = 0.0, read_only: bool = False):
 
 def _params(ws, **given: Any):
     """Workspace settings overlaid with the options given on this command line."""
+    return _overlay(ws.load_settings(), **given)
+
+
+def _overlay(settings: dict[str, Any], **given: Any):
+    """Stored settings (or none) overlaid with the options given on this command line."""
     from icp_core.params import Params
 
-    params = Params.from_dict(ws.load_settings())
+    params = Params.from_dict(settings)
     changes = {key: value for key, value in given.items() if value is not None}
     for key in ("vectors", "tokenizer", "model"):
         if isinstance(changes.get(key), Path):
@@ -372,12 +377,20 @@ def export(
     )
 
 
+ENGINES = ("local", "ray")
+
+
 @app.command()
 def run(
     inputs: Annotated[
         list[Path], typer.Argument(help="JSONL(.gz), Parquet, CSV, .txt/.md or folders.")
     ],
-    workspace: WorkspaceOpt,
+    workspace: Annotated[
+        Path | None,
+        typer.Option(
+            "--workspace", "-w", help="DuckDB workspace file (created if missing; local engine)."
+        ),
+    ] = None,
     text_field: TextFieldOpt = None,
     id_field: IdFieldOpt = None,
     model: ModelOpt = None,
@@ -402,33 +415,55 @@ def run(
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Re-run every stage.")] = False,
     wait: WaitOpt = 0.0,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="local: one machine, a DuckDB workspace; ray: a Ray cluster, writes --out.",
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Ray cluster to join (ray engine) [start a local one]."),
+    ] = None,
+    partitions: Annotated[
+        int | None,
+        typer.Option(help="Ray engine: ordering partitions [one per 2M kept documents]."),
+    ] = None,
 ) -> None:
     """Run every stage: ingest, embed, knn, dedup, order, pack, metrics (and export)."""
     from icp_core import export as export_module
     from icp_core import pipeline, stages
 
+    if engine not in ENGINES:
+        raise IcpError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+    given = {
+        "text_field": text_field,
+        "id_field": id_field,
+        "model": model,
+        "max_tokens": max_tokens,
+        "batch_size": batch_size,
+        "device": device,
+        "vectors": vectors,
+        "k": k,
+        "index": index,
+        "dedup_threshold": dedup_threshold,
+        "order": order,
+        "seed": seed,
+        "context_length": context_length,
+        "tokenizer": tokenizer,
+        "separator": separator,
+        "pack": pack,
+        "shuffle": shuffle,
+        "label_field": label_field,
+    }
+    if engine == "ray":
+        _run_on_ray(inputs, given, no_dedup, out, fmt, overwrite, ray_address, partitions)
+        return
+    if workspace is None:
+        raise IcpError("--workspace is required with --engine local (the default)")
     with _open(workspace, wait) as ws:
-        params = _params(
-            ws,
-            text_field=text_field,
-            id_field=id_field,
-            model=model,
-            max_tokens=max_tokens,
-            batch_size=batch_size,
-            device=device,
-            vectors=vectors,
-            k=k,
-            index=index,
-            dedup_threshold=dedup_threshold,
-            order=order,
-            seed=seed,
-            context_length=context_length,
-            tokenizer=tokenizer,
-            separator=separator,
-            pack=pack,
-            shuffle=shuffle,
-            label_field=label_field,
-        )
+        params = _params(ws, **given)
         if no_dedup:
             params = params.updated(dedup_threshold=None)
         progress = _progress_factory()
@@ -441,6 +476,41 @@ def run(
                 ws, params, out, fmt, overwrite, result, progress("export")
             )
             typer.echo(f"exported to {out} ({fmt})", err=True)
+    typer.echo(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}))
+
+
+def _run_on_ray(
+    inputs: list[Path],
+    given: dict[str, Any],
+    no_dedup: bool,
+    out: Path | None,
+    fmt: str,
+    overwrite: bool,
+    ray_address: str | None,
+    partitions: int | None,
+) -> None:
+    """`icp run --engine ray`: the same stages on a Ray cluster, written straight to --out."""
+    if out is None:
+        raise IcpError("--engine ray writes its result to a folder: pass --out DIR")
+    if fmt != "parquet":
+        raise IcpError(f"--format {fmt}: the ray engine writes parquet only")
+    try:
+        from icp_core.distributed import ray_engine
+    except ImportError:
+        raise IcpError(
+            "--engine ray needs Ray: pip install 'icp-workbench[ray]' (or '.[ray]' in a checkout)"
+        ) from None
+
+    params = _overlay({}, **given)
+    if no_dedup:
+        params = params.updated(dedup_threshold=None)
+    options = ray_engine.RayOptions(address=ray_address, partitions=partitions)
+    outcomes, manifest = ray_engine.run_pipeline(
+        [str(p) for p in inputs], params, out, options, overwrite, _progress_factory()
+    )
+    _echo_outcomes(outcomes)
+    typer.echo(f"exported to {out} (parquet, engine ray)", err=True)
+    result = manifest["metrics"]
     typer.echo(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}))
 
 

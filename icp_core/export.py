@@ -37,6 +37,17 @@ from icp_core.workspace import Workspace
 
 FORMATS = ("jsonl", "parquet", "tokens")
 _PIECE_ROWS = 4096
+# One row per context in contexts.parquet (and in the Ray engine's contexts-*.parquet files).
+CONTEXT_SCHEMA = pa.schema(
+    [
+        ("context", pa.int64()),
+        ("text", pa.string()),
+        ("doc_ids", pa.list_(pa.string())),
+        ("doc_token_start", pa.list_(pa.int64())),
+        ("doc_token_end", pa.list_(pa.int64())),
+        ("n_tokens", pa.int64()),
+    ]
+)
 
 Report = Callable[[int, int], None]
 
@@ -134,74 +145,89 @@ def _tokenizer_key(ws: Workspace) -> str:
     return ws.stage_state("pack")["params"]["tokenizer_key"]
 
 
-def _context_tables(ws: Workspace, params: Params, report: Report) -> Iterator[pa.Table]:
-    """Tables of contexts: context, text (pieces joined, separators included), doc_ids,
-    doc_token_start/doc_token_end (each piece's token span in its document), n_tokens."""
-    tokenizer = pack.load_tokenizer(str(stages._tokenizer_for(params)))
-    sep_ids = np.asarray(stages.separator_for(params), dtype=np.int64)
+def context_rows(
+    tokenizer,
+    sep_ids: np.ndarray,
+    context: np.ndarray,
+    docs: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    sep: np.ndarray,
+    n_tokens: np.ndarray,
+    texts: list[str],
+    ids: pa.Array,
+) -> pa.Table:
+    """Pieces, sorted by (context, slot), rendered as one `CONTEXT_SCHEMA` row per context.
+
+    Args:
+        context, docs, start, end, sep: (P,) per piece (see `pack.Packing`).
+        n_tokens: (P,) token count of each piece's document.
+        texts, ids: per piece, its document's text and input id.
+    """
+    lo, hi = piece_char_spans(tokenizer, texts, docs, start, end, n_tokens)
     separator_texts: dict[tuple[int, bool], str] = {}
 
-    def separator_text(sep: int, start: int, end: int) -> str:
-        key = (sep, start == end and start > 0)
+    def separator_text(n_sep: int, first: int, last: int) -> str:
+        key = (n_sep, first == last and first > 0)
         if key not in separator_texts:
-            part = separator_part(sep_ids, sep, start, end).tolist()
+            part = separator_part(sep_ids, n_sep, first, last).tolist()
             separator_texts[key] = tokenizer.decode(part, skip_special_tokens=False)
         return separator_texts[key]
 
+    parts = [
+        text[a:b] + (separator_text(n_sep, first, last) if n_sep else "")
+        for text, a, b, n_sep, first, last in zip(
+            texts,
+            lo.tolist(),
+            hi.tolist(),
+            sep.tolist(),
+            start.tolist(),
+            end.tolist(),
+            strict=True,
+        )
+    ]
+    firsts = np.flatnonzero(np.diff(context, prepend=-1))
+    bounds = [*firsts.tolist(), len(parts)]
+    offsets = pa.array(bounds, pa.int32())
+    return pa.table(
+        {
+            "context": pa.array(context[firsts], pa.int64()),
+            "text": pa.array(
+                ["".join(parts[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
+                pa.string(),
+            ),
+            "doc_ids": pa.ListArray.from_arrays(offsets, pa.array(ids, pa.string())),
+            "doc_token_start": pa.ListArray.from_arrays(offsets, pa.array(start, pa.int64())),
+            "doc_token_end": pa.ListArray.from_arrays(offsets, pa.array(end, pa.int64())),
+            "n_tokens": pa.array(np.add.reduceat(end - start + sep, firsts), pa.int64()),
+        },
+        schema=CONTEXT_SCHEMA,
+    )
+
+
+def _context_tables(ws: Workspace, params: Params, report: Report) -> Iterator[pa.Table]:
+    """Tables of contexts in `CONTEXT_SCHEMA`, streamed from the workspace."""
+    tokenizer = pack.load_tokenizer(str(stages._tokenizer_for(params)))
+    sep_ids = np.asarray(stages.separator_for(params), dtype=np.int64)
     n_contexts = int(ws.scalar("SELECT count(DISTINCT context) FROM contexts"))
     done = 0
     for table in _pieces(ws):
         context, docs, start, end, sep, n_tokens = _piece_arrays(table)
-        texts = table.column("text").to_pylist()
-        lo, hi = piece_char_spans(tokenizer, texts, docs, start, end, n_tokens)
-        parts = [
-            text[a:b] + (separator_text(s, p, q) if s else "")
-            for text, a, b, s, p, q in zip(
-                texts,
-                lo.tolist(),
-                hi.tolist(),
-                sep.tolist(),
-                start.tolist(),
-                end.tolist(),
-                strict=True,
-            )
-        ]
-        firsts = np.flatnonzero(np.diff(context, prepend=-1))
-        bounds = [*firsts.tolist(), len(parts)]
-        yield pa.table(
-            {
-                "context": pa.array(context[firsts], pa.int64()),
-                "text": pa.array(
-                    ["".join(parts[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
-                    pa.string(),
-                ),
-                "doc_ids": pa.ListArray.from_arrays(
-                    pa.array(bounds, pa.int32()), table.column("id").combine_chunks()
-                ),
-                "doc_token_start": pa.ListArray.from_arrays(
-                    pa.array(bounds, pa.int32()), pa.array(start, pa.int64())
-                ),
-                "doc_token_end": pa.ListArray.from_arrays(
-                    pa.array(bounds, pa.int32()), pa.array(end, pa.int64())
-                ),
-                "n_tokens": pa.array(np.add.reduceat(end - start + sep, firsts), pa.int64()),
-            },
-            schema=_CONTEXT_SCHEMA,
+        rows = context_rows(
+            tokenizer,
+            sep_ids,
+            context,
+            docs,
+            start,
+            end,
+            sep,
+            n_tokens,
+            table.column("text").to_pylist(),
+            table.column("id").combine_chunks(),
         )
-        done += len(firsts)
+        yield rows
+        done += rows.num_rows
         report(done, n_contexts)
-
-
-_CONTEXT_SCHEMA = pa.schema(
-    [
-        ("context", pa.int64()),
-        ("text", pa.string()),
-        ("doc_ids", pa.list_(pa.string())),
-        ("doc_token_start", pa.list_(pa.int64())),
-        ("doc_token_end", pa.list_(pa.int64())),
-        ("n_tokens", pa.int64()),
-    ]
-)
 
 
 def _write_jsonl(tables: Iterator[pa.Table], path: Path) -> int:
@@ -217,12 +243,12 @@ def _write_parquet(tables: Iterator[pa.Table], path: Path) -> int:
     import pyarrow.parquet as pq
 
     count = 0
-    with pq.ParquetWriter(path, _CONTEXT_SCHEMA) as writer:
+    with pq.ParquetWriter(path, CONTEXT_SCHEMA) as writer:
         for table in tables:
             writer.write_table(table)
             count += table.num_rows
         if count == 0:
-            writer.write_table(_CONTEXT_SCHEMA.empty_table())
+            writer.write_table(CONTEXT_SCHEMA.empty_table())
     return count
 
 

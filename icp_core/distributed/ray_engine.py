@@ -1,0 +1,1411 @@
+"""The Ray engine: every stage of `icp run` as Ray tasks and actors, writing the export folder.
+
+The stages call the same pure functions as the local engine; only where the data lives changes.
+
+- ingest: one task per input file runs `ingest.parse_source` (same rejects, same reasons);
+  duplicate ids are found from 64-bit id hashes; documents are numbered in input order exactly
+  like the local workspace numbers them, so `--vectors FILE.npy` rows line up the same way.
+- embed: Ray Data over the documents, an actor pool that loads the model once per actor (one GPU
+  per actor when the cluster has GPUs), written to `embeddings.parquet/block=J/` (doc, vector);
+  Ray Data does not keep row order, so every row carries its doc id.
+- knn: a faiss IVF index trained on a sample, filled block by block, searched by one task per
+  block (every list probed when the index resolves to `flat`, so the search is exact); results
+  are keyed by doc id.
+- dedup: the pairs at or above the threshold come back to the driver; `dedup.find_duplicates`
+  groups them.
+- order: IVF lists are grouped into P partitions; each is walked by `traverse.traverse` in its own
+  task; leftovers are re-attached across partitions (see `partition.py`).
+- pack: `pack.pack_contexts` per partition; context ids are one global permutation; writer tasks
+  write `contexts-XXXXX-of-YYYYY.parquet`, each holding a range of the shuffled ids.
+
+Intermediate tables travel through the Ray object store (spilled to disk when full). Input
+files, `--vectors` and `--out` must be visible at the same path on every node (a shared mount),
+as for Ray Data's own readers and writers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+import icp_core
+from icp_core import __version__, dedup, embed, export, knn, metrics, pack, stages, traverse
+from icp_core.distributed import partition
+from icp_core.errors import IcpError
+from icp_core.ingest import detect_format, parse_source
+from icp_core.params import Params
+from icp_core.pipeline import StageOutcome
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[int, int], None]
+ProgressFactory = Callable[[str], Report]
+
+# Documents per embedding/search block: one search task each; 64k queries keep a task busy for
+# seconds to minutes (exact) while its (64k, 32) neighbour lists stay under 20 MB.
+BLOCK_DOCS = 65_536
+# Contexts per output file: 10k contexts of 8192 tokens is about 300 MB of text.
+CONTEXTS_PER_FILE = 10_000
+# Auto partition count: one traversal task per this many kept documents (a 2M-document walk
+# needs about 1 GB and a minute on one core).
+PARTITION_DOCS = 2_000_000
+# IVF training sample per list, as in `icp_core.knn`.
+TRAIN_PER_LIST = 64
+_QUERY_BATCH = 8192
+
+
+def _no_progress(stage: str) -> Report:
+    return stages._noop
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """How to run on Ray.
+
+    address: a cluster to join (`ray://host:10001`, `host:6379`, `auto`); None starts a local one.
+    partitions: P for the order stage; None: one per `PARTITION_DOCS` kept documents.
+    block_docs, contexts_per_file: work and output granularity.
+    reattach: move leftovers next to chain ends across partitions (off only to measure what
+        it brings: benchmarks/bench_partitioned.py).
+    init_args: extra `ray.init` arguments for a local cluster (tests cap CPUs and memory).
+    """
+
+    address: str | None = None
+    partitions: int | None = None
+    block_docs: int = BLOCK_DOCS
+    contexts_per_file: int = CONTEXTS_PER_FILE
+    reattach: bool = True
+    init_args: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ray session and error handling
+# ---------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def ray_session(options: RayOptions) -> Iterator[None]:
+    """Join `options.address` or start a local cluster; a session already open is reused (and
+    left open)."""
+    _quiet_ray_data()
+    if ray.is_initialized():
+        yield
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
+    if options.address:
+        # ship this checkout's icp_core so every node runs the driver's code (its dependencies,
+        # faiss, torch, sentence-transformers, must be installed on the nodes)
+        kwargs["runtime_env"] = {"py_modules": [str(Path(icp_core.__file__).parent)]}
+        try:
+            ray.init(address=options.address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise IcpError(
+                f"--ray-address {options.address}: cannot join the cluster ({err}); check the "
+                "address `ray start --head` printed, and for a cluster with token "
+                "authentication (Ray's default) set RAY_AUTH_MODE=token with its token in "
+                "~/.ray/auth_token or RAY_AUTH_TOKEN"
+            ) from None
+    else:
+        ray.init(**kwargs, **options.init_args)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _quiet_ray_data() -> None:
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def _icp_cause(err: BaseException) -> IcpError | None:
+    """The IcpError a task raised, through Ray's and Ray Data's wrappers."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, IcpError) and not isinstance(current, ray.exceptions.RayError):
+            return current
+        current = getattr(current, "cause", None) or current.__cause__
+    return None
+
+
+def _get(refs: Any) -> Any:
+    """`ray.get` that turns a task's IcpError back into the one-line error it was."""
+    try:
+        return ray.get(refs)
+    except Exception as err:
+        cause = _icp_cause(err)
+        if cause is not None:
+            raise IcpError(str(cause)) from None
+        raise
+
+
+def _refs(result: Any, count: int) -> list:
+    """A task's `num_returns` refs as a list (Ray returns a bare ref when count is 1)."""
+    return [result] if count == 1 else list(result)
+
+
+# ---------------------------------------------------------------------------------------------
+# Arrow helpers
+# ---------------------------------------------------------------------------------------------
+
+
+def _fixed(matrix: np.ndarray) -> pa.FixedSizeListArray:
+    """(n, w) numpy -> Arrow fixed-size lists."""
+    return pa.FixedSizeListArray.from_arrays(
+        pa.array(np.ascontiguousarray(matrix).ravel()), matrix.shape[1]
+    )
+
+
+def _matrix(column: pa.ChunkedArray | pa.Array, dtype: Any) -> np.ndarray:
+    """Arrow (fixed-size) lists -> (n, w) numpy."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    n_rows = len(column)
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+    return values.reshape(n_rows, -1) if n_rows else values.reshape(0, column.type.list_size)
+
+
+def _column(table: pa.Table, name: str, dtype: Any = np.int64) -> np.ndarray:
+    return table.column(name).to_numpy().astype(dtype, copy=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# ingest
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Shard:
+    """One input file's accepted documents: `ref` holds (doc, id, text, line, label) with doc in
+    first_doc .. first_doc + n_docs - 1."""
+
+    source: str
+    ref: Any
+    first_doc: int
+    n_docs: int
+
+
+@dataclass
+class Corpus:
+    shards: list[Shard]
+    n_documents: int
+    rejects: pa.Table
+    sources: list[dict[str, Any]]
+    label_field: str | None
+    counts: dict[str, int]
+
+
+def _label_values(metas: list[str | None], label_field: str) -> list[str | None]:
+    """The label as DuckDB's json_extract_string gives it (strings bare, other values as JSON)."""
+    labels: list[str | None] = []
+    for meta in metas:
+        value = orjson.loads(meta).get(label_field) if meta else None
+        labels.append(
+            value if value is None or isinstance(value, str) else orjson.dumps(value).decode()
+        )
+    return labels
+
+
+@ray.remote(num_returns=2)
+def _parse_task(path: str, text_field: str, id_field: str, label_field: str) -> tuple:
+    import pandas as pd
+
+    parsed = parse_source(path, text_field, id_field)
+    table = pa.table(
+        {
+            "id": pa.array(parsed.ids, pa.string()),
+            "text": pa.array(parsed.texts, pa.string()),
+            "line": pa.array(parsed.lines, pa.int64()),
+            "label": pa.array(_label_values(parsed.metas, label_field), pa.string()),
+        }
+    )
+    rejects = _rejects_table(parsed.source, parsed.rejects)
+    summary = {
+        "source": parsed.source,
+        "content_hash": parsed.content_hash,
+        "format": parsed.format,
+        "rejects": rejects,
+        "id_hash": pd.util.hash_array(np.asarray(parsed.ids, dtype=object), categorize=False),
+        "n_labelled": table.num_rows - table.column("label").null_count,
+    }
+    return table, summary
+
+
+def _rejects_table(source: str, rejects: list[tuple]) -> pa.Table:
+    return pa.table(
+        {
+            "source": pa.array([source] * len(rejects), pa.string()),
+            "line": pa.array([r[0] for r in rejects], pa.int64()),
+            "id": pa.array([r[1] for r in rejects], pa.string()),
+            "reason": pa.array([r[2] for r in rejects], pa.string()),
+            "raw": pa.array([r[3] for r in rejects], pa.string()),
+        }
+    )
+
+
+@ray.remote
+def _take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    return table.take(pa.array(rows, pa.int64())).select(["id", "line", "text"])
+
+
+@ray.remote
+def _number_task(table: pa.Table, drop_rows: np.ndarray, first_doc: int) -> pa.Table:
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[drop_rows] = False
+    kept = table.filter(pa.array(keep))
+    doc = np.arange(first_doc, first_doc + kept.num_rows, dtype=np.int64)
+    return kept.add_column(0, "doc", pa.array(doc))
+
+
+def ingest_stage(inputs: list[str], params: Params, report: Report) -> Corpus:
+    """Parse every input in parallel; reject repeated ids like the local ingest does."""
+    for path in inputs:
+        if not Path(path).exists():
+            raise IcpError(f"{path}: no such file or folder")
+        detect_format(Path(path))
+    label_field = params.label_field or "label"
+    parsed = [
+        _parse_task.remote(str(path), params.text_field, params.id_field, label_field)
+        for path in inputs
+    ]
+    summaries = []
+    for number, (_, summary_ref) in enumerate(parsed, start=1):
+        summaries.append(_get(summary_ref))
+        report(number, len(inputs))
+    seen_hashes: set[str] = set()
+    accepted = []
+    for (table_ref, _), summary in zip(parsed, summaries, strict=True):
+        if summary["content_hash"] in seen_hashes:
+            continue  # the same content given twice adds nothing, as in the local ingest
+        seen_hashes.add(summary["content_hash"])
+        accepted.append((table_ref, summary))
+    duplicate_rows = _duplicate_id_rows(accepted)
+    shards, reject_tables, sources = [], [], []
+    first_doc = 0
+    for index, (table_ref, summary) in enumerate(accepted):
+        drop_rows, drop_rejects = duplicate_rows.get(index, (np.zeros(0, np.int64), None))
+        n_docs = len(summary["id_hash"]) - len(drop_rows)
+        shards.append(
+            Shard(
+                summary["source"],
+                _number_task.remote(table_ref, drop_rows, first_doc),
+                first_doc,
+                n_docs,
+            )
+        )
+        rejects = summary["rejects"]
+        if drop_rejects is not None:
+            rejects = pa.concat_tables([rejects, drop_rejects])
+        reject_tables.append(rejects)
+        sources.append(
+            {
+                "source": summary["source"],
+                "content_hash": summary["content_hash"],
+                "format": summary["format"],
+                "n_documents": n_docs,
+                "n_rejected": rejects.num_rows,
+            }
+        )
+        first_doc += n_docs
+    n_labelled = sum(summary["n_labelled"] for _, summary in accepted)
+    if params.label_field and not n_labelled:
+        raise IcpError(f"--label-field {params.label_field}: no document has that field")
+    rejects = pa.concat_tables(reject_tables) if reject_tables else _rejects_table("", [])
+    if first_doc == 0:
+        raise IcpError(
+            f"no documents in {', '.join(map(str, inputs))} "
+            f"({rejects.num_rows} rows rejected); check --text-field"
+        )
+    return Corpus(
+        shards=shards,
+        n_documents=first_doc,
+        rejects=rejects,
+        sources=sources,
+        label_field=label_field if n_labelled else None,
+        counts={
+            "documents": first_doc,
+            "rejected": rejects.num_rows,
+            "sources_skipped": len(parsed) - len(accepted),
+        },
+    )
+
+
+def _duplicate_id_rows(accepted: list[tuple]) -> dict[int, tuple[np.ndarray, pa.Table]]:
+    """Per accepted source, the rows whose id appeared earlier (in input order), with rejects.
+
+    Candidates come from equal 64-bit hashes; their ids are fetched and compared exactly.
+    """
+    hashes = [summary["id_hash"] for _, summary in accepted]
+    if not hashes or not sum(map(len, hashes)):
+        return {}
+    all_hashes = np.concatenate(hashes)
+    source = np.repeat(np.arange(len(hashes)), [len(h) for h in hashes])
+    row = np.concatenate([np.arange(len(h)) for h in hashes])
+    unique, inverse, counts = np.unique(all_hashes, return_inverse=True, return_counts=True)
+    suspect = np.flatnonzero(counts[inverse] > 1)
+    if not len(suspect):
+        return {}
+    fetched = {
+        int(s): _take_rows.remote(accepted[s][0], row[suspect][source[suspect] == s])
+        for s in np.unique(source[suspect])
+    }
+    ids, lines, texts = [], [], []
+    for s in np.unique(source[suspect]):
+        table = _get(fetched[int(s)])
+        ids += table.column("id").to_pylist()
+        lines += table.column("line").to_pylist()
+        texts += table.column("text").to_pylist()
+    first_place: dict[str, str] = {}
+    drops: dict[int, list[int]] = {}
+    rejects: dict[int, list[tuple]] = {}
+    for position, (doc_id, line, text) in enumerate(zip(ids, lines, texts, strict=True)):
+        s, r = int(source[suspect][position]), int(row[suspect][position])
+        where = f"{accepted[s][1]['source']}:{line}"
+        if doc_id not in first_place:
+            first_place[doc_id] = where
+            continue
+        drops.setdefault(s, []).append(r)
+        reason = f"duplicate id '{doc_id}' (first at {first_place[doc_id]})"
+        rejects.setdefault(s, []).append((line, doc_id, reason, text[:200]))
+    return {
+        s: (np.asarray(rows, dtype=np.int64), _rejects_table(accepted[s][1]["source"], rejects[s]))
+        for s, rows in drops.items()
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# embed
+# ---------------------------------------------------------------------------------------------
+
+
+def _block_ranges(n_docs: int, block_docs: int) -> list[tuple[int, int]]:
+    return [(start, min(start + block_docs, n_docs)) for start in range(0, n_docs, block_docs)]
+
+
+def _overlapping(shards: list[Shard], start: int, stop: int) -> list[tuple[Any, int]]:
+    """(ref, first_doc) of the shards holding documents start .. stop - 1."""
+    return [
+        (shard.ref, shard.first_doc)
+        for shard in shards
+        if shard.first_doc < stop and shard.first_doc + shard.n_docs > start
+    ]
+
+
+def _block_content(pieces: list[tuple[pa.Table, int]], start: int, stop: int) -> pa.Table:
+    """Documents start .. stop - 1 from the shard tables that hold them."""
+    parts = []
+    for table, first_doc in pieces:
+        lo = max(start - first_doc, 0)
+        hi = min(stop - first_doc, table.num_rows)
+        if hi > lo:
+            parts.append(table.slice(lo, hi - lo))
+    return pa.concat_tables(parts)
+
+
+def _block_dir(folder: Path, block: int) -> Path:
+    return folder / f"block={block}"
+
+
+class _Embedder:
+    """A Ray Data actor: loads the model once, then embeds batches of (doc, text)."""
+
+    def __init__(self, model_path: str, params: Params, block_docs: int, threads: int):
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.model = embed.load_model(model_path, params.device, params.max_tokens)
+        self.batch_size = params.batch_size
+        self.block_docs = block_docs
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        vectors = embed.embed_texts(self.model, batch.column("text").to_pylist(), self.batch_size)
+        doc = _column(batch, "doc")
+        return pa.table({"doc": doc, "block": doc // self.block_docs, "vector": _fixed(vectors)})
+
+
+@ray.remote
+def _import_vectors_task(
+    path: str, folder: str, block: int, start: int, stop: int, *pieces: Any
+) -> int:
+    """Write block `block` of the user's vectors (rows start .. stop - 1 of a .npy in ingest
+    order, or the ids of those documents looked up in a Parquet file)."""
+    if path.endswith(".npy"):
+        vectors = np.asarray(np.load(path, mmap_mode="r")[start:stop], dtype=np.float32)
+        bad = ~np.isfinite(vectors).all(axis=1)
+        if bad.any():
+            raise IcpError(
+                f"{path}: {int(bad.sum())} vectors hold NaN or inf "
+                f"(first: row {start + int(np.argmax(bad))}); fix or re-export them"
+            )
+        vectors = embed.normalize_rows(vectors)
+    else:
+        content = _block_content(list(zip(pieces[0::2], pieces[1::2], strict=True)), start, stop)
+        ids = np.asarray(content.column("id").to_pylist(), dtype=object)
+        vectors = embed.read_vectors_file(path, ids)
+    target = _block_dir(Path(folder), block)
+    target.mkdir(parents=True, exist_ok=True)
+    table = pa.table({"doc": np.arange(start, stop, dtype=np.int64), "vector": _fixed(vectors)})
+    pq.write_table(table, target / "part-0.parquet")
+    return len(vectors)
+
+
+def _cluster_cpus_gpus() -> tuple[int, int]:
+    resources = ray.cluster_resources()
+    return int(resources.get("CPU", 1)), int(resources.get("GPU", 0))
+
+
+def embed_stage(
+    corpus: Corpus, params: Params, options: RayOptions, folder: Path, report: Report
+) -> dict[str, Any]:
+    """Write every document's unit vector to `folder/block=J/*.parquet` (doc, vector)."""
+    blocks = _block_ranges(corpus.n_documents, options.block_docs)
+    report(0, corpus.n_documents)
+    if params.vectors:
+        path = Path(params.vectors)
+        if not path.exists():
+            raise IcpError(f"{path}: no such vectors file; pass --vectors with a .parquet or .npy")
+        if path.suffix == ".npy":
+            shape = np.load(path, mmap_mode="r").shape
+            if len(shape) != 2 or shape[0] != corpus.n_documents:
+                raise IcpError(
+                    f"{path}: shape {shape}, expected ({corpus.n_documents}, d) rows in "
+                    "ingest order"
+                )
+        elif path.suffix not in (".parquet", ".pq"):
+            raise IcpError(
+                f"{path}: vectors must be .npy (rows in ingest order) or .parquet (id + vector)"
+            )
+        tasks = []
+        for block, (start, stop) in enumerate(blocks):
+            pieces = [x for pair in _overlapping(corpus.shards, start, stop) for x in pair]
+            refs = pieces if path.suffix != ".npy" else []
+            tasks.append(
+                _import_vectors_task.remote(str(path), str(folder), block, start, stop, *refs)
+            )
+        for done, task in enumerate(tasks, start=1):
+            _get(task)
+            report(min(done * options.block_docs, corpus.n_documents), corpus.n_documents)
+        return {"embedded": 0, "imported": corpus.n_documents, "model_key": f"vectors:{path}"}
+    _embed_with_ray_data(corpus, params, options, folder)
+    report(corpus.n_documents, corpus.n_documents)
+    model_path = embed.resolve_model_path(params.model)
+    return {
+        "embedded": corpus.n_documents,
+        "imported": 0,
+        "model_key": embed.model_key(str(model_path), params.max_tokens),
+    }
+
+
+def _embed_with_ray_data(corpus: Corpus, params: Params, options: RayOptions, folder: Path) -> None:
+    import ray.data
+
+    model_path = str(embed.resolve_model_path(params.model))  # fails here, before any actor
+    cpus, gpus = _cluster_cpus_gpus()
+    if gpus and params.device in ("auto", "cuda"):
+        pool, actor_cpus, actor_gpus, threads = gpus, 1, 1, 0
+    else:
+        # leave a core for the readers; on big nodes give each model a few threads
+        actor_cpus = 1 if cpus <= 4 else 4
+        pool, actor_gpus, threads = max(1, (cpus - 1) // actor_cpus), 0, actor_cpus
+    dataset = ray.data.from_arrow_refs([shard.ref for shard in corpus.shards])
+    try:
+        dataset.select_columns(["doc", "text"]).map_batches(
+            _Embedder,
+            fn_constructor_kwargs={
+                "model_path": model_path,
+                "params": params,
+                "block_docs": options.block_docs,
+                "threads": threads,
+            },
+            batch_format="pyarrow",
+            batch_size=params.batch_size * 4,
+            compute=ray.data.ActorPoolStrategy(size=pool),
+            num_cpus=actor_cpus,
+            num_gpus=actor_gpus,
+        ).write_parquet(str(folder), partition_cols=["block"])
+    except Exception as err:
+        cause = _icp_cause(err)
+        if cause is not None:
+            raise IcpError(str(cause)) from None
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# knn (and the pieces of dedup and partitioning that ride along with the search)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Searched:
+    """One block's search result: `ref` holds (doc, id, text, label, vector, list, nbr_ids,
+    nbr_sims) sorted by doc; the summary holds what the driver needs."""
+
+    ref: Any
+    summary: dict[str, Any]
+
+
+@ray.remote
+def _sample_task(directory: str, n_take: int, seed: int) -> np.ndarray:
+    vectors = _matrix(pq.read_table(directory, columns=["vector"]).column("vector"), np.float32)
+    rows = np.random.default_rng(seed).choice(len(vectors), min(n_take, len(vectors)), False)
+    return vectors[np.sort(rows)]
+
+
+def _read_block(directory: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(doc, vectors) of one block, sorted by doc."""
+    table = pq.read_table(directory, columns=["doc", "vector"])
+    doc = _column(table, "doc")
+    by_doc = np.argsort(doc, kind="stable")
+    return doc[by_doc], _matrix(table.column("vector"), np.float32)[by_doc]
+
+
+@ray.remote(num_returns=2)
+def _search_task(
+    index_path: str,
+    doc_list: np.ndarray,
+    n_lists: int,
+    directory: str,
+    start: int,
+    stop: int,
+    k_max: int,
+    k: int,
+    threshold: float | None,
+    *pieces: Any,
+) -> tuple[pa.Table, dict[str, Any]]:
+    import faiss
+
+    faiss.omp_set_num_threads(
+        max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    )
+    # IVF lists are memory-mapped: the search tasks of one node share one copy (page cache)
+    index = faiss.read_index(index_path, faiss.IO_FLAG_MMAP)
+    doc, vectors = _read_block(Path(directory))
+    if not np.array_equal(doc, np.arange(start, stop)):
+        raise IcpError(f"{directory}: embeddings do not cover documents {start}..{stop - 1}")
+    n_docs = len(doc_list)
+    searched = min(k_max, n_docs - 1) + 1  # one extra column for the document itself
+    ids = np.full((len(doc), k_max), -1, dtype=np.int64)
+    sims = np.zeros((len(doc), k_max), dtype=np.float32)
+    if n_docs > 1:
+        for lo in range(0, len(doc), _QUERY_BATCH):
+            hi = min(lo + _QUERY_BATCH, len(doc))
+            found_sims, found_ids = index.search(vectors[lo:hi], searched)
+            kept_ids, kept_sims = knn._drop_self(found_ids, found_sims, doc[lo:hi])
+            ids[lo:hi, : searched - 1] = kept_ids
+            sims[lo:hi, : searched - 1] = kept_sims
+    sims[ids < 0] = 0.0
+    content = _block_content(list(zip(pieces[0::2], pieces[1::2], strict=True)), start, stop)
+    table = pa.table(
+        {
+            "doc": doc,
+            "id": content.column("id"),
+            "text": content.column("text"),
+            "label": content.column("label"),
+            "vector": _fixed(vectors),
+            "list": doc_list[doc],
+            "nbr_ids": _fixed(ids),
+            "nbr_sims": _fixed(sims),
+        }
+    )
+    # kNN edges between IVF lists: the order stage groups lists that share many
+    head_ids, head_sims = ids[:, :k], sims[:, :k]
+    valid = head_ids >= 0
+    query_list = np.repeat(doc_list[doc].astype(np.int64), k)[valid.ravel()]
+    key = query_list * n_lists + doc_list[head_ids[valid]].astype(np.int64)
+    pair_key, pair_count = np.unique(key, return_counts=True)
+    is_dup = np.zeros_like(valid) if threshold is None else valid & (head_sims >= threshold)
+    rows, cols = np.nonzero(is_dup)
+    summary = {
+        "n_docs": len(doc),
+        "list_first": pair_key // n_lists,
+        "list_second": pair_key % n_lists,
+        "list_edges": pair_count,
+        "dup_doc": doc[rows],
+        "dup_neighbor": head_ids[rows, cols],
+        "dup_sim": head_sims[rows, cols],
+        "vector_sum": vectors.astype(np.float64).sum(axis=0),
+    }
+    return table, summary
+
+
+def knn_stage(
+    corpus: Corpus,
+    params: Params,
+    folder: Path,
+    work: Path,
+    options: RayOptions,
+    report: Report,
+) -> tuple[list[Searched], np.ndarray, dict[str, Any]]:
+    """Train an IVF index on a sample, add the blocks one by one, store it under `work`, and
+    search every block of `folder` in a task.
+
+    Returns:
+        The searched blocks, each document's IVF list (N,) int32, and the stage counts.
+    """
+    import faiss
+
+    n_docs = corpus.n_documents
+    kind = knn.resolve_index(params.index, n_docs)
+    if kind == "hnsw":
+        raise IcpError("--index hnsw is not available on the ray engine; use auto, flat or ivf")
+    blocks = _block_ranges(n_docs, options.block_docs)
+    directories = [_block_dir(folder, block) for block in range(len(blocks))]
+    n_lists = partition.ivf_list_count(n_docs)
+    n_sample = min(n_docs, TRAIN_PER_LIST * n_lists)
+    samples = _get(
+        [
+            _sample_task.remote(
+                str(directory), math.ceil(n_sample * (stop - start) / n_docs), params.seed + block
+            )
+            for block, (directory, (start, stop)) in enumerate(
+                zip(directories, blocks, strict=True)
+            )
+        ]
+    )
+    sample = np.concatenate(samples)
+    dim = sample.shape[1]
+    quantizer = faiss.IndexFlatIP(dim)
+    ivf = faiss.IndexIVFFlat(quantizer, dim, n_lists, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(sample)  # its coarse lists also define the order stage's partitions
+    # exact search scans a flat index with BLAS; blocks arrive in doc order, so position = doc
+    index = faiss.IndexFlatIP(dim) if kind == "flat" else ivf
+    ivf.nprobe = min(n_lists, max(8, n_lists // 16))
+    doc_list = np.zeros(n_docs, dtype=np.int32)
+    for directory in directories:  # add shard by shard
+        doc, vectors = _read_block(directory)
+        if kind == "flat":
+            index.add(vectors)
+        else:
+            index.add_with_ids(vectors, doc)
+        doc_list[doc] = quantizer.search(vectors, 1)[1][:, 0]
+    work.mkdir(parents=True, exist_ok=True)
+    index_path = work / "knn.index"
+    faiss.write_index(index, str(index_path))
+    del index, ivf
+    doc_list_ref = ray.put(doc_list)
+    k_max = max(params.k, stages.KNN_MIN_STORED)
+    tasks = []
+    for directory, (start, stop) in zip(directories, blocks, strict=True):
+        pieces = [x for pair in _overlapping(corpus.shards, start, stop) for x in pair]
+        tasks.append(
+            _search_task.remote(
+                str(index_path),
+                doc_list_ref,
+                n_lists,
+                str(directory),
+                start,
+                stop,
+                k_max,
+                params.k,
+                params.dedup_threshold,
+                *pieces,
+            )
+        )
+    searched = []
+    for table_ref, summary_ref in tasks:
+        summary = _get(summary_ref)
+        searched.append(Searched(table_ref, summary))
+        report(sum(s.summary["n_docs"] for s in searched), n_docs)
+    counts = {"documents": n_docs, "k_max": k_max, "index": kind, "ivf_lists": n_lists}
+    return searched, doc_list, counts
+
+
+# ---------------------------------------------------------------------------------------------
+# dedup
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Removed:
+    """Duplicates: `doc` removed, `kept_doc` the document it copies, `sim` their cosine."""
+
+    doc: np.ndarray
+    kept_doc: np.ndarray
+    sim: np.ndarray
+    ids: list[str]
+    kept_ids: list[str]
+    vector_sum: np.ndarray
+
+
+@ray.remote
+def _take_docs(table: pa.Table, docs: np.ndarray) -> pa.Table:
+    doc = _column(table, "doc")
+    rows = np.flatnonzero(np.isin(doc, docs))
+    return table.take(pa.array(rows, pa.int64())).select(["doc", "id", "vector"])
+
+
+def dedup_stage(searched: list[Searched], params: Params, n_docs: int) -> Removed:
+    """Group the near-duplicate pairs with `dedup.find_duplicates` over just the documents
+    that have one; every group keeps its earliest document, as in the local engine."""
+    dim = len(searched[0].summary["vector_sum"])
+    empty = Removed(
+        np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), [], [], np.zeros(dim)
+    )
+    first = np.concatenate([s.summary["dup_doc"] for s in searched]).astype(np.int64)
+    second = np.concatenate([s.summary["dup_neighbor"] for s in searched]).astype(np.int64)
+    pair_sims = np.concatenate([s.summary["dup_sim"] for s in searched]).astype(np.float32)
+    if params.dedup_threshold is None or not len(first):
+        return empty
+    involved = np.unique(np.concatenate([first, second]))
+    local_first = np.searchsorted(involved, first)
+    by_row = np.argsort(local_first, kind="stable")
+    local_first, local_second = local_first[by_row], np.searchsorted(involved, second)[by_row]
+    pair_sims = pair_sims[by_row]
+    row_start = np.searchsorted(local_first, np.arange(len(involved)))
+    column = np.arange(len(local_first)) - row_start[local_first]
+    width = int(column.max()) + 1
+    sub_ids = np.full((len(involved), width), -1, dtype=np.int64)
+    sub_sims = np.zeros((len(involved), width), dtype=np.float32)
+    sub_ids[local_first, column] = local_second
+    sub_sims[local_first, column] = pair_sims
+    keeper = involved[dedup.find_duplicates(sub_ids, sub_sims, params.dedup_threshold)]
+    moved = keeper != involved
+    doc, kept_doc = involved[moved], keeper[moved]
+    if not len(doc):
+        return empty
+    wanted = np.union1d(doc, kept_doc)
+    rows = pa.concat_tables(_get([_take_docs.remote(s.ref, wanted) for s in searched]))
+    found = _column(rows, "doc")
+    by_doc = np.argsort(found)
+    vectors = _matrix(rows.column("vector"), np.float32)[by_doc]
+    ids = np.asarray(rows.column("id").to_pylist(), dtype=object)[by_doc]
+    at = np.searchsorted(found[by_doc], doc)
+    kept_at = np.searchsorted(found[by_doc], kept_doc)
+    sim = metrics.pair_similarity(vectors, at, kept_at)
+    return Removed(
+        doc,
+        kept_doc,
+        sim,
+        ids[at].tolist(),
+        ids[kept_at].tolist(),
+        vectors[at].astype(np.float64).sum(axis=0),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# order: partition, traverse each partition, re-attach leftovers
+# ---------------------------------------------------------------------------------------------
+
+
+GRAPH_COLUMNS = ["doc", "nbr_ids", "nbr_sims"]
+CONTENT_COLUMNS = ["doc", "id", "text", "label", "vector"]
+
+
+@ray.remote
+def _route_task(
+    table: pa.Table, list_partition: np.ndarray, removed: np.ndarray, n_partitions: int
+) -> tuple:
+    """Split one searched block by partition, dropping removed documents: P graph tables (what
+    the walk reads) then P content tables (what packing reads), so a walk never holds texts."""
+    doc = _column(table, "doc")
+    part = np.where(np.isin(doc, removed), -1, list_partition[_column(table, "list")])
+    masks = [pa.array(part == p) for p in range(n_partitions)]
+    graph = [table.select(GRAPH_COLUMNS).filter(mask) for mask in masks]
+    content = [table.select(CONTENT_COLUMNS).filter(mask) for mask in masks]
+    return (*graph, *content)
+
+
+@ray.remote(num_returns=3)
+def _traverse_task(removed: np.ndarray, k: int, method: str, seed: int, *parts: pa.Table) -> tuple:
+    """Walk one partition with `traverse.traverse`; return the path (doc and kNN lists without
+    removed documents, in path order), its leftovers and a summary of its chain ends."""
+    table = pa.concat_tables(parts)
+    table = table.take(pa.array(np.argsort(_column(table, "doc"), kind="stable")))
+    members = _column(table, "doc")
+    nbr_ids = _matrix(table.column("nbr_ids"), np.int64)
+    nbr_sims = _matrix(table.column("nbr_sims"), np.float32)
+    local = partition.localize(nbr_ids, members)
+    walk_ids, walk_sims = stages.restrict_graph(local, nbr_sims, np.arange(len(members)), k)
+    order = traverse.traverse(walk_ids, walk_sims, method, seed)
+    kept_ids, kept_sims = partition.drop_removed(nbr_ids, nbr_sims, removed, k)
+    on_edge = traverse.transitions_on_edges(order, partition.localize(kept_ids, members), kept_sims)
+    ends = partition.path_ends(on_edge)
+    path_docs = members[order]
+    path = pa.table(
+        {
+            "doc": path_docs,
+            "kept_ids": _fixed(kept_ids[order]),
+            "kept_sims": _fixed(kept_sims[order]),
+        }
+    )
+    singles = path.filter(pa.array(ends.single))
+    summary = {
+        "single_doc": path_docs[ends.single],
+        "single_ids": kept_ids[order][ends.single],
+        "single_sims": kept_sims[order][ends.single],
+        "head_doc": path_docs[ends.head],
+        "tail_doc": path_docs[ends.tail],
+        "n_docs": len(members),
+        "jumps": int((~on_edge[1:]).sum()) if len(on_edge) > 1 else 0,
+    }
+    return path, singles, summary
+
+
+@ray.remote
+def _pick_task(docs: np.ndarray, *parts: pa.Table) -> pa.Table:
+    """The content rows of the leftovers that leave a partition."""
+    table = pa.concat_tables(parts)
+    return table.filter(pa.array(np.isin(_column(table, "doc"), docs)))
+
+
+@dataclass
+class Ordered:
+    """Per partition: its path and leftovers (graph columns) and its content tables (one per
+    block); plus the leftovers' moves."""
+
+    paths: list[Any]
+    singles: list[Any]
+    content: list[list[Any]]
+    moves: partition.Reattachment
+    counts: dict[str, Any]
+
+
+def order_stage(
+    searched: list[Searched],
+    doc_list: np.ndarray,
+    removed: Removed,
+    params: Params,
+    n_partitions: int,
+    reattach: bool,
+    report: Report,
+) -> Ordered:
+    """Group IVF lists into partitions, walk each in a task, plan the leftovers' moves."""
+    n_lists = int(doc_list.max()) + 1
+    list_sizes = np.bincount(doc_list, minlength=n_lists) - np.bincount(
+        doc_list[removed.doc], minlength=n_lists
+    )
+    first = np.concatenate([s.summary["list_first"] for s in searched])
+    second = np.concatenate([s.summary["list_second"] for s in searched])
+    edges = np.concatenate([s.summary["list_edges"] for s in searched])
+    list_partition = partition.group_lists(first, second, edges, list_sizes, n_partitions)
+    removed_ref = ray.put(np.sort(removed.doc))
+    list_partition_ref = ray.put(list_partition)
+    routed = [
+        _route_task.options(num_returns=2 * n_partitions).remote(
+            s.ref, list_partition_ref, removed_ref, n_partitions
+        )
+        for s in searched
+    ]
+    tasks = [
+        _traverse_task.remote(
+            removed_ref, params.k, params.order, params.seed, *[r[p] for r in routed]
+        )
+        for p in range(n_partitions)
+    ]
+    content = [[r[n_partitions + p] for r in routed] for p in range(n_partitions)]
+    summaries = []
+    for done, (_, _, summary_ref) in enumerate(tasks, start=1):
+        summaries.append(_get(summary_ref))
+        report(done, n_partitions)
+    part_ids = np.arange(n_partitions)
+    counts_single = [len(s["single_doc"]) for s in summaries]
+    end_doc = np.concatenate([np.r_[s["head_doc"], s["tail_doc"]] for s in summaries])
+    n_candidates = sum(counts_single) if reattach else 0  # with it off, no leftover moves
+    moves = partition.plan_reattachment(
+        single_doc=np.concatenate([s["single_doc"] for s in summaries])[:n_candidates],
+        single_partition=np.repeat(part_ids, counts_single)[:n_candidates],
+        candidate_ids=np.concatenate([s["single_ids"] for s in summaries])[:n_candidates],
+        candidate_sims=np.concatenate([s["single_sims"] for s in summaries])[:n_candidates],
+        end_doc=end_doc,
+        end_partition=np.repeat(
+            part_ids, [len(s["head_doc"]) + len(s["tail_doc"]) for s in summaries]
+        ),
+        end_is_head=np.concatenate(
+            [
+                np.r_[np.ones(len(s["head_doc"]), bool), np.zeros(len(s["tail_doc"]), bool)]
+                for s in summaries
+            ]
+        ),
+    )
+    sizes = [s["n_docs"] for s in summaries]
+    counts = {
+        "ordered": int(sum(sizes)),
+        "partitions": n_partitions,
+        "partition_docs_min": int(min(sizes)),
+        "partition_docs_max": int(max(sizes)),
+        "jumps_before_reattach": int(sum(s["jumps"] for s in summaries)),
+        "leftovers": int(sum(counts_single)),
+        "reattached": int(len(moves.doc)),
+        "reattached_across_partitions": int((moves.origin != moves.partition).sum()),
+    }
+    return Ordered([t[0] for t in tasks], [t[1] for t in tasks], content, moves, counts)
+
+
+# ---------------------------------------------------------------------------------------------
+# pack (and the metrics measured per partition)
+# ---------------------------------------------------------------------------------------------
+
+
+def _rows_for(table: pa.Table, docs: np.ndarray) -> pa.Table:
+    """The rows of `table` for `docs`, in that order (each doc must be present)."""
+    found = _column(table, "doc")
+    by_doc = np.argsort(found, kind="stable")
+    return table.take(pa.array(by_doc[np.searchsorted(found[by_doc], docs)]))
+
+
+@ray.remote(num_returns=2)
+def _pack_task(
+    path: pa.Table,
+    leaving: np.ndarray,
+    arriving: np.ndarray,
+    target: np.ndarray,
+    before: np.ndarray,
+    params: Params,
+    label_field: str | None,
+    n_content: int,
+    *parts: pa.Table,
+) -> tuple[pa.Table, dict[str, Any]]:
+    """Apply the moves, count tokens, pack, measure, and render the context rows.
+
+    `parts`: this partition's `n_content` content tables, then the leftover tables of the
+    partitions that send documents here, then those documents' content rows (one per sender).
+    """
+    n_senders = (len(parts) - n_content) // 2
+    senders_graph = parts[n_content : n_content + n_senders]
+    arrivals = _rows_for(pa.concat_tables([path.slice(0, 0), *senders_graph]), arriving)
+    final = partition.merge_moves(_column(path, "doc"), leaving, arriving, target, before)
+    graph = pa.concat_tables([path, arrivals]).take(pa.array(final))
+    table = _rows_for(
+        pa.concat_tables([*parts[:n_content], *parts[n_content + n_senders :]]),
+        _column(graph, "doc"),
+    )
+    path_docs = _column(table, "doc")
+    # number the members in doc order, as the local engine numbers kept documents
+    by_doc = np.argsort(path_docs, kind="stable")
+    members = path_docs[by_doc]
+    order = np.empty(len(path_docs), dtype=np.int64)
+    order[by_doc] = np.arange(len(path_docs))
+    tokenizer_path = str(stages._tokenizer_for(params))
+    tokenizer = pack.load_tokenizer(tokenizer_path)
+    sep_ids = np.asarray(stages.separator_for(params), dtype=np.int64)
+    texts = table.column("text").to_pylist()
+    doc_tokens = np.empty(len(texts), dtype=np.int64)
+    doc_tokens[order] = pack.count_tokens(tokenizer, texts)
+    packing = pack.pack_contexts(
+        order, doc_tokens, params.context_length, params.pack, len(sep_ids), shuffle=False
+    )
+    vectors = _matrix(table.column("vector"), np.float32)[by_doc]
+    kept_ids = _matrix(graph.column("kept_ids"), np.int64)[by_doc]
+    kept_sims = _matrix(graph.column("kept_sims"), np.float32)[by_doc]
+    graph = traverse.build_graph(partition.localize(kept_ids, members), kept_sims)
+    labels = None
+    if label_field is not None:
+        # the local engine's stand-in for a missing label (stages.read_labels)
+        filled = table.column("label").fill_null("\0missing")
+        labels = np.asarray(filled.to_pylist(), dtype=object)[by_doc]
+    sorted_texts = [texts[i] for i in by_doc]
+    measured = metrics.packing_metrics(
+        packing,
+        vectors,
+        doc_tokens,
+        params.context_length,
+        graph,
+        labels,
+        None,  # context_cache_gain needs the corpus-wide unigram model; see combine_metrics
+    )
+    pieces_per_context = np.bincount(packing.context, minlength=packing.n_contexts)
+    summary = {
+        "n_docs": len(members),
+        "n_contexts": packing.n_contexts,
+        "metrics": measured,
+        "n_multi_contexts": int((pieces_per_context >= 2).sum()),
+        "every_doc_once": metrics.every_doc_once(
+            packing, np.arange(len(members)), doc_tokens, len(sep_ids)
+        ),
+        "over_length": int((packing.context_tokens() > params.context_length).sum()),
+        "pieces": int(len(packing.doc)),
+    }
+    ids = table.column("id").to_pylist()
+    rows = _context_rows(
+        packing,
+        sorted_texts,
+        np.asarray(ids, dtype=object)[by_doc],
+        doc_tokens,
+        tokenizer,
+        sep_ids,
+    )
+    return rows, summary
+
+
+def _context_rows(
+    packing: pack.Packing,
+    texts: list[str],
+    ids: np.ndarray,
+    doc_tokens: np.ndarray,
+    tokenizer: Any,
+    sep_ids: np.ndarray,
+) -> pa.Table:
+    """One row per context in the export's schema (context ids local to the partition)."""
+    return export.context_rows(
+        tokenizer,
+        sep_ids,
+        packing.context,
+        packing.doc,
+        packing.start,
+        packing.end,
+        packing.sep,
+        doc_tokens[packing.doc],
+        [texts[doc] for doc in packing.doc.tolist()],
+        pa.array(ids[packing.doc].tolist(), pa.string()),
+    )
+
+
+@ray.remote
+def _split_task(rows: pa.Table, context_ids: np.ndarray, per_file: int, n_files: int) -> Any:
+    """Give a partition's contexts their global ids and split them by output file."""
+    rows = rows.set_column(0, "context", pa.array(context_ids, pa.int64()))
+    file_of = context_ids // per_file
+    parts = tuple(rows.filter(pa.array(file_of == j)) for j in range(n_files))
+    return parts if n_files > 1 else parts[0]
+
+
+@ray.remote
+def _write_task(path: str, *parts: pa.Table) -> int:
+    table = pa.concat_tables(parts).sort_by("context")
+    pq.write_table(table, path)
+    return table.num_rows
+
+
+def pack_stage(
+    ordered: Ordered,
+    params: Params,
+    label_field: str | None,
+    staging: Path,
+    options: RayOptions,
+    report: Report,
+) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
+    """Pack every partition, shuffle context ids globally, write the context files.
+
+    Returns:
+        The file names, the per-partition summaries and the stage counts.
+    """
+    moves = ordered.moves
+    n_partitions = len(ordered.paths)
+    tasks = []
+    picked = {
+        p: _pick_task.remote(moves.doc[moves.origin == p], *ordered.content[p])
+        for p in np.unique(moves.origin).tolist()
+    }
+    for p in range(n_partitions):
+        arriving = moves.partition == p
+        senders = np.unique(moves.origin[arriving]).tolist()
+        tasks.append(
+            _pack_task.remote(
+                ordered.paths[p],
+                np.sort(moves.doc[moves.origin == p]),
+                moves.doc[arriving],
+                moves.target[arriving],
+                moves.before[arriving],
+                params,
+                label_field,
+                len(ordered.content[p]),
+                *ordered.content[p],
+                *[ordered.singles[o] for o in senders],
+                *[picked[o] for o in senders],
+            )
+        )
+    summaries = []
+    for done, (_, summary_ref) in enumerate(tasks, start=1):
+        summaries.append(_get(summary_ref))
+        report(done, n_partitions + 1)
+    n_contexts = sum(s["n_contexts"] for s in summaries)
+    if params.shuffle:
+        new_ids = np.random.default_rng(params.seed).permutation(n_contexts)
+    else:
+        new_ids = np.arange(n_contexts)
+    per_file = options.contexts_per_file
+    n_files = max(1, math.ceil(n_contexts / per_file))
+    offsets = np.cumsum([0] + [s["n_contexts"] for s in summaries])
+    split = [
+        _refs(
+            _split_task.options(num_returns=n_files).remote(
+                rows, new_ids[offsets[p] : offsets[p + 1]], per_file, n_files
+            ),
+            n_files,
+        )
+        for p, (rows, _) in enumerate(tasks)
+    ]
+    names = [f"contexts-{j:05d}-of-{n_files:05d}.parquet" for j in range(n_files)]
+    written = _get(
+        [
+            _write_task.remote(str(staging / name), *[parts[j] for parts in split])
+            for j, name in enumerate(names)
+        ]
+    )
+    report(n_partitions + 1, n_partitions + 1)
+    counts = {
+        "contexts": n_contexts,
+        "files": n_files,
+        "pieces": int(sum(s["pieces"] for s in summaries)),
+        "written_rows": int(sum(written)),
+    }
+    return names, summaries, counts
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics, export extras, the whole run
+# ---------------------------------------------------------------------------------------------
+
+
+def _weighted(summaries: list[dict[str, Any]], key: str, weight: str) -> float | None:
+    """Mean of a per-partition metric, weighted like the global mean it stands for."""
+    pairs = [
+        (s["metrics"][key], s[weight] if weight in s else s["metrics"][weight])
+        for s in summaries
+        if s["metrics"].get(key) is not None
+    ]
+    total = sum(w for _, w in pairs)
+    return sum(v * w for v, w in pairs) / total if total else None
+
+
+def combine_metrics(
+    summaries: list[dict[str, Any]],
+    corpus: Corpus,
+    removed: Removed,
+    vector_sum: np.ndarray,
+    params: Params,
+) -> dict[str, Any]:
+    """The metrics of DESIGN.md from the per-partition measurements.
+
+    Contexts never span partitions, so adjacent_sim_mean, label_agreement, jump_rate,
+    context_pairwise_sim_mean and token_efficiency are exact weighted means of the partitions'.
+    context_cache_gain is left out (None): it scores words against the corpus-wide unigram
+    model, which no partition holds; a partition's own model would flatter nothing and mislead.
+    random_adjacent_sim_mean is the
+    expected cosine of two distinct random kept documents, (|sum v|^2 - n) / (n (n - 1)), which
+    the local engine estimates by packing a random permutation.
+    """
+    n_kept = sum(s["n_docs"] for s in summaries)
+    total = vector_sum - removed.vector_sum
+    random_sim = float((total @ total - n_kept) / (n_kept * (n_kept - 1))) if n_kept > 1 else None
+    once = all(s["every_doc_once"] for s in summaries) and (
+        n_kept + len(removed.doc) == corpus.n_documents
+    )
+    return {
+        "n_documents": corpus.n_documents,
+        "n_rejected": corpus.rejects.num_rows,
+        "n_duplicates": int(len(removed.doc)),
+        "n_kept": int(n_kept),
+        "n_contexts": int(sum(s["n_contexts"] for s in summaries)),
+        "every_doc_once": bool(once),
+        "adjacent_sim_mean": _weighted(summaries, "adjacent_sim_mean", "n_transitions"),
+        "random_adjacent_sim_mean": random_sim,
+        "context_pairwise_sim_mean": _weighted(
+            summaries, "context_pairwise_sim_mean", "n_multi_contexts"
+        ),
+        "jump_rate": _weighted(summaries, "jump_rate", "n_transitions"),
+        "token_efficiency": _weighted(summaries, "token_efficiency", "n_contexts"),
+        "label_agreement": _weighted(summaries, "label_agreement", "n_transitions"),
+        "context_cache_gain": None,
+        "label_field": corpus.label_field,
+        "order": params.order,
+        "k": params.k,
+        "context_length": params.context_length,
+        "pack": params.pack,
+        "dedup_threshold": params.dedup_threshold,
+        "random": {"adjacent_sim_mean": random_sim},
+    }
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    with open(path, "wb") as handle:
+        for row in rows:
+            handle.write(orjson.dumps(row) + b"\n")
+
+
+def _write_removed(staging: Path, corpus: Corpus, removed: Removed, params: Params) -> None:
+    by_doc = np.argsort(removed.doc)
+    reason = f"semantic duplicate (cosine >= {params.dedup_threshold})"
+    _write_jsonl(
+        staging / "duplicates.jsonl",
+        [
+            {
+                "id": removed.ids[i],
+                "kept_id": removed.kept_ids[i],
+                "sim": float(removed.sim[i]),
+                "reason": reason,
+            }
+            for i in by_doc
+        ],
+    )
+    _write_jsonl(staging / "rejects.jsonl", corpus.rejects.to_pylist())
+
+
+def resolve_partitions(requested: int | None, n_kept: int, n_lists: int) -> int:
+    """P: the requested count (at most one per IVF list), else one per PARTITION_DOCS."""
+    if requested is not None and requested < 1:
+        raise IcpError(f"--partitions {requested}: must be at least 1")
+    wanted = requested or math.ceil(n_kept / PARTITION_DOCS)
+    return max(1, min(wanted, n_lists))
+
+
+def run_pipeline(
+    inputs: list[str],
+    params: Params,
+    out: str | Path,
+    options: RayOptions | None = None,
+    overwrite: bool = False,
+    progress: ProgressFactory = _no_progress,
+) -> tuple[list[StageOutcome], dict[str, Any]]:
+    """Run ingest .. pack on Ray and write the export folder `out`.
+
+    `out` receives what `icp export --format parquet` writes (context rows, duplicates.jsonl,
+    rejects.jsonl, manifest.json), the contexts split over `contexts-*-of-*.parquet` files, plus
+    `embeddings.parquet/` when the run embedded (pass it back as --vectors to skip that).
+
+    Returns:
+        The stage outcomes and the manifest (whose "metrics" is what `icp metrics` reports).
+
+    Raises:
+        IcpError: bad parameters or input, `out` exists without overwrite, a task's input error.
+    """
+    options = options or RayOptions()
+    params = params.validate()
+    if params.order == "original":
+        raise IcpError(
+            "--order original: its near-copy text filter runs on the local engine only; "
+            "use --engine local, or another --order on Ray"
+        )
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise IcpError(f"{out}: already exists; pass --overwrite to replace it")
+    stages._tokenizer_for(params)  # a missing tokenizer fails here, not in a task
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    except OSError as err:
+        raise IcpError(
+            f"{out}: cannot write there ({err.strerror}); choose another --out"
+        ) from None
+    try:
+        with ray_session(options):
+            outcomes, manifest = _run_stages(inputs, params, staging, options, progress)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return outcomes, manifest
+
+
+def _run_stages(
+    inputs: list[str],
+    params: Params,
+    staging: Path,
+    options: RayOptions,
+    progress: ProgressFactory,
+) -> tuple[list[StageOutcome], dict[str, Any]]:
+    outcomes: list[StageOutcome] = []
+
+    def timed(stage: str, counts: dict[str, Any], started: float) -> None:
+        outcomes.append(StageOutcome(stage, "ran", time.time() - started, counts))
+        log.info("%s: %s (%.1fs)", stage, counts, time.time() - started)
+
+    started = time.time()
+    corpus = ingest_stage(inputs, params, progress("ingest"))
+    timed("ingest", corpus.counts, started)
+
+    started = time.time()
+    keep_embeddings = not params.vectors
+    work = staging / "_work"  # removed before the folder gets its final name
+    folder = staging / "embeddings.parquet" if keep_embeddings else work / "embeddings"
+
+    embed_counts = embed_stage(corpus, params, options, folder, progress("embed"))
+    timed("embed", embed_counts, started)
+
+    started = time.time()
+    searched, doc_list, knn_counts = knn_stage(
+        corpus, params, folder, work, options, progress("knn")
+    )
+    timed("knn", knn_counts, started)
+
+    started = time.time()
+    removed = dedup_stage(searched, params, corpus.n_documents)
+    groups = len(np.unique(removed.kept_doc))
+    timed("dedup", {"duplicates": int(len(removed.doc)), "groups": groups}, started)
+
+    started = time.time()
+    n_partitions = resolve_partitions(
+        options.partitions, corpus.n_documents - len(removed.doc), knn_counts["ivf_lists"]
+    )
+    ordered = order_stage(
+        searched, doc_list, removed, params, n_partitions, options.reattach, progress("order")
+    )
+    timed("order", ordered.counts, started)
+
+    started = time.time()
+    names, summaries, pack_counts = pack_stage(
+        ordered, params, corpus.label_field, staging, options, progress("pack")
+    )
+    timed("pack", pack_counts, started)
+
+    started = time.time()
+    vector_sum = np.sum([s.summary["vector_sum"] for s in searched], axis=0)
+    result = combine_metrics(summaries, corpus, removed, vector_sum, params)
+    if any(s["over_length"] for s in summaries):
+        raise IcpError("internal check failed: a context exceeds --context-length")
+    _write_removed(staging, corpus, removed, params)
+    shutil.rmtree(work, ignore_errors=True)
+    manifest = _manifest(staging, params, names, corpus, outcomes, result, embed_counts)
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    timed("metrics", {k: v for k, v in result.items() if not isinstance(v, dict)}, started)
+    return outcomes, manifest
+
+
+def _manifest(
+    staging: Path,
+    params: Params,
+    names: list[str],
+    corpus: Corpus,
+    outcomes: list[StageOutcome],
+    result: dict[str, Any],
+    embed_counts: dict[str, Any],
+) -> dict[str, Any]:
+    tokenizer_path = str(stages._tokenizer_for(params))
+    cpus, gpus = _cluster_cpus_gpus()
+    return {
+        "tool": "icp-workbench",
+        "version": __version__,
+        "engine": "ray",
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "format": "parquet",
+        "files": {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()},
+        "context_files": names,
+        "parameters": params.to_dict(),
+        "tokenizer_key": pack.tokenizer_key(tokenizer_path),
+        "separator_ids": stages.separator_for(params),
+        "model_key": embed_counts["model_key"],
+        "counts": {"n_contexts": result["n_contexts"], "n_files": len(names)},
+        "metrics": result,
+        "sources": corpus.sources,
+        "stages": [
+            {"stage": o.stage, "seconds": round(o.seconds, 3), "counts": o.counts} for o in outcomes
+        ],
+        "cluster": {"nodes": len(ray.nodes()), "cpus": cpus, "gpus": gpus},
+    }

@@ -1,0 +1,277 @@
+"""The Ray engine on a local 2-CPU Ray cluster: same outputs as the local engine, every document
+exactly once, ugly input kept as rejects, metrics within the partitioning target of the local
+engine's, and the real embedding model run by a Ray Data actor pool."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from icp_core import embed, pipeline, stages
+from icp_core.errors import IcpError
+from icp_core.export import export_contexts
+from icp_core.ingest import hash_text
+from icp_core.params import Params
+from icp_core.sample import SAMPLE_DOCUMENTS, SAMPLE_EMBEDDINGS
+from icp_core.workspace import Workspace
+from tests.conftest import tiny_rows, write_jsonl
+
+ray = pytest.importorskip("ray", reason="Ray is not installed: pip install '.[ray]'")
+ray_engine = pytest.importorskip("icp_core.distributed.ray_engine")
+# Ray Data copies its own deprecated settings when it starts a dataset
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
+
+N_SAMPLE = 300
+PARAMS = Params(k=10, context_length=512)
+# Partitioning may cost at most this share of the local engine's adjacent similarity (the
+# issue's target at P = 16 on 45k documents; here P = 2 on 300 documents).
+MAX_LOSS = 0.02
+UGLY_LINES = [
+    b'{"id": "ugly-json", "text": "unterminated\n',
+    b'{"id": "ugly-empty", "text": "   "}\n',
+    b'{"id": "ugly-number", "text": 42}\n',
+    b'{"id": "ugly-bytes", "text": "caf\xe9"}\n',
+]
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(
+        num_cpus=2,
+        object_store_memory=96 * 1024**2,
+        include_dashboard=False,
+        logging_level="ERROR",
+    )
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def sample_inputs(tmp_path_factory) -> dict:
+    """300 sample documents split over three JSONL shards, a fourth file of ugly rows (one of
+    them repeating an id), and the shipped cache's vectors for the 300 as Parquet (id, vector)."""
+    folder = tmp_path_factory.mktemp("ray_inputs")
+    with gzip.open(SAMPLE_DOCUMENTS, "rt", encoding="utf-8") as handle:
+        rows = [json.loads(line) for _, line in zip(range(N_SAMPLE), handle, strict=False)]
+    shards = []
+    for index in range(3):
+        shards.append(write_jsonl(folder / f"part{index}.jsonl", rows[index::3]))
+    repeated = json.dumps({"id": rows[0]["id"], "text": "a second document with a taken id"})
+    ugly = folder / "ugly.jsonl"
+    ugly.write_bytes(b"".join(UGLY_LINES) + repeated.encode() + b"\n")
+    cache = pq.read_table(SAMPLE_EMBEDDINGS).to_pydict()
+    by_hash = dict(zip(cache["text_hash"], cache["vector"], strict=True))
+    vectors = folder / "vectors.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "id": [row["id"] for row in rows],
+                "vector": [by_hash[hash_text(row["text"])] for row in rows],
+            }
+        ),
+        vectors,
+    )
+    inputs = [*shards, ugly]
+    n_lines = sum(len(p.read_bytes().splitlines()) for p in inputs)
+    return {"inputs": inputs, "vectors": vectors, "rows": rows, "n_lines": n_lines}
+
+
+def read_contexts(folder: Path) -> list[dict]:
+    """What a user loads: every contexts*.parquet of an export (one file local, several Ray)."""
+    return (
+        duckdb.sql(f"SELECT * FROM '{folder}/contexts*.parquet' ORDER BY context")
+        .to_arrow_table()
+        .to_pylist()
+    )
+
+
+def reassemble(rows: list[dict], separator: str = "[SEP]") -> dict[str, str]:
+    """Each document's text glued back from its pieces, in token order."""
+    pieces: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for row in rows:
+        parts = row["text"].split(separator)
+        if row["text"].endswith(separator):
+            parts = parts[:-1]
+        assert len(parts) == len(row["doc_ids"])
+        for doc_id, start, part in zip(row["doc_ids"], row["doc_token_start"], parts, strict=True):
+            pieces[doc_id].append((start, part))
+    return {doc_id: "".join(p for _, p in sorted(parts)) for doc_id, parts in pieces.items()}
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def local_run(sample_inputs, tmp_path_factory) -> tuple[dict, Path]:
+    """The local engine on the same inputs: its metrics and its export folder."""
+    folder = tmp_path_factory.mktemp("local_engine")
+    params = PARAMS.updated(vectors=str(sample_inputs["vectors"]))
+    with Workspace(folder / "ws.duckdb") as ws:
+        pipeline.ingest(ws, [str(p) for p in sample_inputs["inputs"]], params)
+        pipeline.run(ws, params)
+        result = stages.latest_metrics(ws, params)
+        export_contexts(ws, params, folder / "out", "parquet", metrics=result)
+    return result, folder / "out"
+
+
+@pytest.fixture(scope="module")
+def ray_run(ray_cluster, sample_inputs, tmp_path_factory) -> tuple[list, dict, Path]:
+    out = tmp_path_factory.mktemp("ray_engine") / "out"
+    params = PARAMS.updated(vectors=str(sample_inputs["vectors"]))
+    options = ray_engine.RayOptions(partitions=2, block_docs=128, contexts_per_file=64)
+    outcomes, manifest = ray_engine.run_pipeline(
+        [str(p) for p in sample_inputs["inputs"]], params, out, options
+    )
+    return outcomes, manifest, out
+
+
+class TestSampleSubset:
+    def test_every_input_row_accounted_for_once(self, ray_run, sample_inputs):
+        _, manifest, out = ray_run
+        rows = read_contexts(out)
+        duplicates = read_jsonl(out / "duplicates.jsonl")
+        rejects = read_jsonl(out / "rejects.jsonl")
+        placed = [doc_id for row in rows for doc_id in set(row["doc_ids"])]
+        kept = set(placed)
+        assert len(kept) + len(duplicates) + len(rejects) == sample_inputs["n_lines"]
+        assert not kept & {d["id"] for d in duplicates}
+        texts = {row["id"]: row["text"] for row in sample_inputs["rows"]}
+        assert reassemble(rows) == {doc_id: texts[doc_id] for doc_id in kept}
+        assert manifest["metrics"]["every_doc_once"] is True
+        assert manifest["metrics"]["n_documents"] == N_SAMPLE
+
+    def test_rejects_keep_file_line_and_reason(self, ray_run, sample_inputs):
+        _, manifest, out = ray_run
+        rejects = {r["line"]: r for r in read_jsonl(out / "rejects.jsonl")}
+        ugly = str(sample_inputs["inputs"][-1])
+        assert {r["source"] for r in rejects.values()} == {ugly}
+        assert "invalid JSON" in rejects[1]["reason"]
+        assert rejects[2]["reason"] == "empty text"
+        assert "not a string" in rejects[3]["reason"]
+        assert "UTF-8" in rejects[4]["reason"]
+        first = sample_inputs["rows"][0]["id"]
+        assert rejects[5]["reason"].startswith(f"duplicate id '{first}' (first at ")
+        assert manifest["metrics"]["n_rejected"] == len(UGLY_LINES) + 1
+
+    def test_contexts_load_like_the_local_export(self, ray_run, local_run):
+        _, manifest, out = ray_run
+        _, local_out = local_run
+        ray_table = pq.read_table(out / manifest["context_files"][0])
+        local_table = pq.read_table(local_out / "contexts.parquet")
+        assert ray_table.schema.equals(local_table.schema)
+        assert len(manifest["context_files"]) > 1, "contexts_per_file=64 must shard the output"
+        rows = read_contexts(out)
+        assert [row["context"] for row in rows] == list(range(manifest["counts"]["n_contexts"]))
+        assert all(row["n_tokens"] <= PARAMS.context_length for row in rows)
+        local_rows = read_contexts(local_out)
+        assert reassemble(rows) == reassemble(local_rows)
+        assert sorted(read_jsonl(out / "duplicates.jsonl"), key=lambda d: d["id"]) == sorted(
+            read_jsonl(local_out / "duplicates.jsonl"), key=lambda d: d["id"]
+        )
+
+    def test_metrics_within_target_of_local_engine(self, ray_run, local_run):
+        outcomes, manifest, _ = ray_run
+        local, _ = local_run
+        result = manifest["metrics"]
+        order = next(o for o in outcomes if o.stage == "order")
+        assert order.counts["partitions"] == 2
+        assert result["adjacent_sim_mean"] >= (1 - MAX_LOSS) * local["adjacent_sim_mean"]
+        assert result["adjacent_sim_mean"] > result["random_adjacent_sim_mean"] + 0.1
+        assert result["label_agreement"] >= (1 - 2 * MAX_LOSS) * local["label_agreement"]
+        for key in ("n_documents", "n_rejected", "n_duplicates", "n_kept"):
+            assert result[key] == local[key], key
+        assert abs(result["random_adjacent_sim_mean"] - local["random_adjacent_sim_mean"]) < 0.02
+
+
+def test_embeds_with_the_model_in_an_actor_pool(ray_cluster, tmp_path):
+    rows = tiny_rows()
+    corpus = write_jsonl(tmp_path / "tiny.jsonl", rows)
+    params = Params(k=4, context_length=64, index="ivf")  # the memory-mapped IVF search
+    options = ray_engine.RayOptions(partitions=1, block_docs=8)
+    outcomes, manifest = ray_engine.run_pipeline([str(corpus)], params, tmp_path / "out", options)
+    stored = pq.read_table(tmp_path / "out" / "embeddings.parquet")
+    doc = stored.column("doc").to_numpy()
+    vectors = np.asarray(stored.column("vector").to_pylist(), dtype=np.float32)[np.argsort(doc)]
+    model = embed.load_model(str(embed.resolve_model_path(None)))
+    expected = embed.embed_texts(model, [row["text"] for row in rows])
+    assert sorted(doc.tolist()) == list(range(len(rows)))
+    assert np.abs(vectors - expected).max() < 1e-4
+    assert next(o for o in outcomes if o.stage == "embed").counts["embedded"] == len(rows)
+    assert next(o for o in outcomes if o.stage == "knn").counts["index"] == "ivf"
+    result = manifest["metrics"]
+    assert result["every_doc_once"] and result["n_kept"] == len(rows)
+    assert result["adjacent_sim_mean"] > result["random_adjacent_sim_mean"]
+
+
+class TestClearErrors:
+    def test_missing_input(self, ray_cluster, tmp_path):
+        with pytest.raises(IcpError, match="no such file"):
+            ray_engine.run_pipeline([str(tmp_path / "nope.jsonl")], PARAMS, tmp_path / "out")
+
+    def test_wrong_vector_rows(self, ray_cluster, tmp_path):
+        corpus = write_jsonl(tmp_path / "tiny.jsonl", tiny_rows())
+        np.save(tmp_path / "short.npy", np.ones((3, 8), dtype=np.float32))
+        params = PARAMS.updated(vectors=str(tmp_path / "short.npy"))
+        with pytest.raises(IcpError, match=r"shape \(3, 8\), expected \(18, d\)"):
+            ray_engine.run_pipeline([str(corpus)], params, tmp_path / "out")
+        assert not (tmp_path / "out").exists()
+        assert not list(tmp_path.glob(".out.partial-*"))
+
+    def test_non_finite_vectors_from_a_task(self, ray_cluster, tmp_path):
+        corpus = write_jsonl(tmp_path / "tiny.jsonl", tiny_rows())
+        vectors = np.ones((18, 8), dtype=np.float32)
+        vectors[5, 2] = np.nan
+        np.save(tmp_path / "nan.npy", vectors)
+        params = PARAMS.updated(vectors=str(tmp_path / "nan.npy"))
+        with pytest.raises(IcpError, match="1 vectors hold NaN or inf") as caught:
+            ray_engine.run_pipeline([str(corpus)], params, tmp_path / "out")
+        assert "\n" not in str(caught.value)
+
+    def test_the_original_ordering_is_refused(self, tmp_path):
+        with pytest.raises(IcpError, match="runs on the local engine only"):
+            ray_engine.run_pipeline(["x.jsonl"], PARAMS.updated(order="original"), tmp_path / "o")
+
+
+def test_cli_joins_a_running_cluster(ray_cluster, sample_inputs, tmp_path):
+    """`icp run --engine ray --ray-address ADDR`, as against a real multi-node cluster."""
+    inputs = sample_inputs["inputs"][:1]
+    command = [
+        sys.executable, "-m", "icp_core.cli", "run", *map(str, inputs),
+        "--engine", "ray", "--ray-address", ray_cluster, "--out", str(tmp_path / "out"),
+        "--vectors", str(sample_inputs["vectors"]), "--k", "10", "--context-length", "512",
+        "--partitions", "2",
+    ]  # fmt: skip
+    # vectors cover all 300 documents; this file holds 100 of them, looked up by id
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)
+    assert printed["every_doc_once"] and printed["n_documents"] == N_SAMPLE // 3
+    assert "order    ran" in result.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["engine"] == "ray" and manifest["cluster"]["cpus"] == 2
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2
+    assert again.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "already exists; pass --overwrite" in again.stderr
+
+
+def test_cli_ray_engine_needs_out(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "icp_core.cli", "run", "x.jsonl", "--engine", "ray"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "pass --out DIR" in result.stderr
