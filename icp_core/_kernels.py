@@ -94,24 +94,6 @@ def build_undirected_csr(ids, sims):
     return new_indptr, nbr[:out].copy(), weight[:out].copy()
 
 
-@njit(cache=True)
-def transitions_on_edges(indptr, nbr, order):
-    """For each step order[p-1] -> order[p], whether it is an edge of the CSR graph.
-
-    Returns (len(order),) bool, False at position 0.
-    """
-    m = order.shape[0]
-    out = np.zeros(m, dtype=np.bool_)
-    for p in range(1, m):
-        a = order[p - 1]
-        b = order[p]
-        for e in range(indptr[a], indptr[a + 1]):
-            if nbr[e] == b:
-                out[p] = True
-                break
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # Orderings
 # ---------------------------------------------------------------------------------------------

@@ -91,28 +91,10 @@ def load_corpus(ws: Workspace, params: Params, report: Report = _noop) -> Corpus
     )
 
 
-@dataclass(frozen=True)
-class _Scored:
-    """The documents a packing is scored over (after the order's own drops), renumbered."""
-
-    kept: np.ndarray
-    local_of: np.ndarray
-    graph: tuple[np.ndarray, np.ndarray, np.ndarray]
-    words: metrics.WordIds
-
-
-def _scored(corpus: Corpus, kept: np.ndarray) -> _Scored:
-    """Graph and word ids over `kept`, built as `stages.compute_metrics` builds them."""
-    sub_ids, sub_sims = stages.restrict_graph(
-        corpus.neighbor_ids, corpus.neighbor_sims, kept, corpus.params.k
-    )
-    local_of = np.full(corpus.n_documents, -1, dtype=np.int64)
-    local_of[kept] = np.arange(len(kept))
-    return _Scored(
-        kept,
-        local_of,
-        traverse.build_graph(sub_ids, sub_sims),
-        metrics.word_ids([corpus.texts[d] for d in kept]),
+def _scored(corpus: Corpus, kept: np.ndarray) -> stages.KeptScoring:
+    """What the metrics read about `kept`, built as `stages.compute_metrics` builds it."""
+    return stages.KeptScoring.build(
+        corpus.neighbor_ids, corpus.neighbor_sims, kept, corpus.params.k, corpus.texts
     )
 
 
@@ -191,23 +173,8 @@ def evaluate(
                 params.seed,
             )
             pack_s = time.perf_counter() - started
-            local = pack.Packing(
-                packing.context,
-                packing.slot,
-                scored.local_of[packing.doc],
-                packing.start,
-                packing.end,
-                packing.sep,
-                packing.n_contexts,
-            )
-            measured = metrics.packing_metrics(
-                local,
-                corpus.vectors[scored.kept],
-                corpus.doc_tokens[scored.kept],
-                params.context_length,
-                scored.graph,
-                corpus.labels[scored.kept] if corpus.labels is not None else None,
-                scored.words,
+            measured = scored.measure(
+                packing, corpus.vectors, corpus.doc_tokens, params.context_length, corpus.labels
             )
             once = metrics.every_doc_once(
                 packing, scored.kept, corpus.doc_tokens, corpus.sep_tokens

@@ -13,6 +13,7 @@ import numpy as np
 
 from icp_core import _kernels
 from icp_core.pack import Packing
+from icp_core.traverse import are_knn_edges
 
 CACHE_LAMBDA = 0.8
 CACHE_MAX_WORDS = 2000
@@ -122,7 +123,7 @@ def packing_metrics(
     vectors: np.ndarray,
     doc_tokens: np.ndarray,
     context_length: int,
-    graph: tuple[np.ndarray, np.ndarray, np.ndarray],
+    neighbor_ids: np.ndarray,
     labels: np.ndarray | None,
     words: WordIds | None,
 ) -> dict[str, float | int | None]:
@@ -133,19 +134,15 @@ def packing_metrics(
         vectors: (N, d) unit vectors by document.
         doc_tokens: (N,) token counts by document.
         context_length: L.
-        graph: the undirected kNN graph (indptr, neighbors, weights) used for jump_rate.
+        neighbor_ids: (N, k) kNN lists by document (-1 = none), for jump_rate.
         labels: (N,) labels by document, or None.
         words: word ids for context_cache_gain, or None to skip it.
     """
     first, second = adjacent_pairs(packing)
     adjacent = pair_similarity(vectors, first, second) if len(first) else np.zeros(0)
     pairwise = context_pairwise_similarity(packing, vectors)
-    indptr, nbr, _ = graph
     if len(first):
-        steps = np.empty(2 * len(first), dtype=np.int64)
-        steps[0::2], steps[1::2] = first, second
-        on_edge = _kernels.transitions_on_edges(indptr, nbr, steps)[1::2]
-        jump_rate = float(1.0 - on_edge.mean())
+        jump_rate = float(1.0 - are_knn_edges(first, second, neighbor_ids).mean())
     else:
         jump_rate = None
     label_agreement = None

@@ -282,7 +282,4 @@ def warm_up() -> None:
     vectors = np.eye(4, dtype=np.float32)
     words = metrics.word_ids(["a b", "b c", "c d", "d e"])
     labels = np.array(["x", "x", "y", "y"], dtype=object)
-    metrics.packing_metrics(
-        packing, vectors, doc_tokens, 6, traverse.build_graph(ids, sims), labels, words
-    )
-    traverse.transitions_on_edges(np.arange(4), ids, sims)
+    metrics.packing_metrics(packing, vectors, doc_tokens, 6, ids, labels, words)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -401,7 +402,7 @@ def jumps_along(order: np.ndarray, ids: np.ndarray, sims: np.ndarray, k: int) ->
     members = np.sort(order)
     sub_ids, sub_sims = restrict_graph(ids, sims, members, k)
     local = np.searchsorted(members, order)
-    is_jump = ~traverse.transitions_on_edges(local, sub_ids, sub_sims)
+    is_jump = ~traverse.transitions_on_edges(local, sub_ids)
     if len(is_jump):
         is_jump[0] = False
     return is_jump
@@ -652,6 +653,55 @@ def run_metrics(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     return {k: v for k, v in result.items() if not isinstance(v, dict)}
 
 
+@dataclass(frozen=True)
+class KeptScoring:
+    """What the metrics read about the kept documents, renumbered 0..M-1 in document order:
+    their kNN lists among themselves (first k) and their word ids."""
+
+    kept: np.ndarray
+    local_of: np.ndarray
+    neighbor_ids: np.ndarray
+    words: metrics.WordIds
+
+    @classmethod
+    def build(
+        cls, ids: np.ndarray, sims: np.ndarray, kept: np.ndarray, k: int, texts: list[str]
+    ) -> KeptScoring:
+        """`ids`, `sims`: stored (N, k_max) lists; `texts`: every document's text by doc."""
+        local_of = np.full(len(ids), -1, dtype=np.int64)
+        local_of[kept] = np.arange(len(kept))
+        sub_ids, _ = restrict_graph(ids, sims, kept, k)
+        return cls(kept, local_of, sub_ids, metrics.word_ids([texts[d] for d in kept]))
+
+    def measure(
+        self,
+        packing: pack.Packing,
+        vectors: np.ndarray,
+        doc_tokens: np.ndarray,
+        context_length: int,
+        labels: np.ndarray | None,
+    ) -> dict[str, Any]:
+        """`metrics.packing_metrics` of a packing over the kept documents (arrays by doc)."""
+        local = pack.Packing(
+            packing.context,
+            packing.slot,
+            self.local_of[packing.doc],
+            packing.start,
+            packing.end,
+            packing.sep,
+            packing.n_contexts,
+        )
+        return metrics.packing_metrics(
+            local,
+            vectors[self.kept],
+            doc_tokens[self.kept],
+            context_length,
+            self.neighbor_ids,
+            labels[self.kept] if labels is not None else None,
+            self.words,
+        )
+
+
 def compute_metrics(ws: Workspace, params: Params) -> dict[str, Any]:
     """The metrics of DESIGN.md for the stored contexts, plus the same for random packing."""
     n_documents = ws.n_documents()
@@ -665,30 +715,13 @@ def compute_metrics(ws: Workspace, params: Params) -> dict[str, Any]:
     doc_tokens = document_tokens(ws, params)
     sep_tokens = len(separator_for(params))
     ids, sims = read_neighbors(ws)
-    sub_ids, sub_sims = restrict_graph(ids, sims, kept, params.k)
-    indptr, nbr, weight = traverse.build_graph(sub_ids, sub_sims)
-    graph = (indptr, nbr, weight)
-    # the graph is over kept documents renumbered 0..M-1: map pieces into that numbering
-    local_of = np.full(n_documents, -1, dtype=np.int64)
-    local_of[kept] = np.arange(len(kept))
     label_field = resolve_label_field(ws, params.label_field)
     labels = read_labels(ws, label_field)
     texts = ws.arrow("SELECT text FROM documents ORDER BY doc").column("text").to_pylist()
-    words = metrics.word_ids([texts[d] for d in kept])
+    scoring = KeptScoring.build(ids, sims, kept, params.k, texts)
 
     def measure(p: pack.Packing) -> dict[str, Any]:
-        local = pack.Packing(
-            p.context, p.slot, local_of[p.doc], p.start, p.end, p.sep, p.n_contexts
-        )
-        return metrics.packing_metrics(
-            local,
-            vectors[kept],
-            doc_tokens[kept],
-            params.context_length,
-            graph,
-            labels[kept] if labels is not None else None,
-            words,
-        )
+        return scoring.measure(p, vectors, doc_tokens, params.context_length, labels)
 
     current = measure(packing)
     random = measure(random_packing(kept, doc_tokens, params, sep_tokens))

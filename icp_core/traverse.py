@@ -167,9 +167,27 @@ def traverse(
     return METHODS[method](ids, sims, seed)
 
 
-def transitions_on_edges(
-    order: np.ndarray, neighbor_ids: np.ndarray, neighbor_sims: np.ndarray
-) -> np.ndarray:
+def are_knn_edges(first: np.ndarray, second: np.ndarray, neighbor_ids: np.ndarray) -> np.ndarray:
+    """(P,) bool: whether each pair (first[p], second[p]) is an edge of the undirected kNN
+    graph, i.e. either lists the other. Reads the lists directly (no graph build), in blocks.
+    """
+    ids = np.asarray(neighbor_ids)
+    first = np.asarray(first, dtype=np.int64)
+    second = np.asarray(second, dtype=np.int64)
+    out = np.zeros(len(first), dtype=bool)
+    block = max(1, (1 << 22) // max(ids.shape[1], 1))
+    for lo in range(0, len(first), block):
+        a, b = first[lo : lo + block], second[lo : lo + block]
+        out[lo : lo + block] = (ids[a] == b[:, None]).any(axis=1) | (ids[b] == a[:, None]).any(
+            axis=1
+        )
+    return out
+
+
+def transitions_on_edges(order: np.ndarray, neighbor_ids: np.ndarray) -> np.ndarray:
     """(len(order),) bool: whether each step of `order` follows a kNN edge (False at 0)."""
-    indptr, nbr, _ = build_graph(neighbor_ids, neighbor_sims)
-    return _kernels.transitions_on_edges(indptr, nbr, np.ascontiguousarray(order, dtype=np.int64))
+    order = np.asarray(order, dtype=np.int64)
+    out = np.zeros(len(order), dtype=bool)
+    if len(order) > 1:
+        out[1:] = are_knn_edges(order[:-1], order[1:], neighbor_ids)
+    return out

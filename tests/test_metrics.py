@@ -9,7 +9,6 @@ import pytest
 
 from icp_core import metrics
 from icp_core.pack import Packing, pack_contexts
-from icp_core.traverse import build_graph
 
 VECTORS = np.array([[1, 0], [0.6, 0.8], [0, 1], [0, 1]], dtype=np.float32)
 
@@ -27,10 +26,9 @@ def test_packing_metrics_on_a_hand_checked_case():
     doc_tokens = np.array([3, 3, 3, 3])
     packing = packing_of([[0, 1, 2], [3]], doc_tokens)
     ids = np.array([[1], [0], [-1], [-1]])  # the only kNN edge: 0-1
-    sims = np.array([[0.6], [0.6], [0], [0]], np.float32)
     labels = np.array(["a", "a", "b", "b"], dtype=object)
     result = metrics.packing_metrics(
-        packing, VECTORS, doc_tokens, 8, build_graph(ids, sims), labels, None
+        packing, VECTORS, doc_tokens, 8, ids, labels, None
     )
     assert result["adjacent_sim_mean"] == pytest.approx((0.6 + 0.8) / 2)
     assert result["context_pairwise_sim_mean"] == pytest.approx((0.6 + 0.8 + 0.0) / 3)

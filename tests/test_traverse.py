@@ -206,8 +206,7 @@ def test_unknown_method_and_bad_shapes_are_errors():
 
 def test_transitions_on_edges_flags_jumps():
     ids = np.array([[1, -1], [0, -1], [3, -1], [2, -1]])
-    sims = np.full(ids.shape, 0.5, np.float32)
-    assert transitions_on_edges(np.array([0, 1, 2, 3]), ids, sims).tolist() == [
+    assert transitions_on_edges(np.array([0, 1, 2, 3]), ids).tolist() == [
         False,
         True,
         False,

@@ -842,7 +842,7 @@ def _traverse_task(removed: np.ndarray, k: int, method: str, seed: int, *parts: 
     walk_ids, walk_sims = stages.restrict_graph(local, nbr_sims, np.arange(len(members)), k)
     order = traverse.traverse(walk_ids, walk_sims, method, seed)
     kept_ids, kept_sims = partition.drop_removed(nbr_ids, nbr_sims, removed, k)
-    on_edge = traverse.transitions_on_edges(order, partition.localize(kept_ids, members), kept_sims)
+    on_edge = traverse.transitions_on_edges(order, partition.localize(kept_ids, members))
     ends = partition.path_ends(on_edge)
     path_docs = members[order]
     path = pa.table(
@@ -1010,8 +1010,6 @@ def _pack_task(
     )
     vectors = _matrix(table.column("vector"), np.float32)[by_doc]
     kept_ids = _matrix(graph.column("kept_ids"), np.int64)[by_doc]
-    kept_sims = _matrix(graph.column("kept_sims"), np.float32)[by_doc]
-    graph = traverse.build_graph(partition.localize(kept_ids, members), kept_sims)
     labels = None
     if label_field is not None:
         # the local engine's stand-in for a missing label (stages.read_labels)
@@ -1023,7 +1021,7 @@ def _pack_task(
         vectors,
         doc_tokens,
         params.context_length,
-        graph,
+        partition.localize(kept_ids, members),
         labels,
         None,  # context_cache_gain needs the corpus-wide unigram model; see combine_metrics
     )
