@@ -22,6 +22,42 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+# The shared corpora sit next to the project in the team's layout; --corpora points elsewhere.
+CORPORA = Path(os.environ.get("ICP_CORPORA", ROOT.parent / "shared" / "corpora"))
+CORPUS_FILES = {"pydocs": "pydocs.jsonl", "debian": "debian_pkgdesc.jsonl.gz"}
+# Embeddings of the corpora (rows in file order) are computed once by the tool and kept here.
+VECTOR_CACHE = Path(os.environ.get("ICP_BENCH_CACHE", ROOT / "benchmarks" / ".cache"))
+
+
+def corpus_path(name: str, corpora: Path = CORPORA) -> Path:
+    """The file of a shared corpus ("pydocs" or "debian"); exits with a message if missing."""
+    path = Path(corpora) / CORPUS_FILES[name]
+    if not path.exists():
+        sys.exit(f"{path}: corpus not found; pass --corpora DIR or set ICP_CORPORA")
+    return path
+
+
+def corpus_vectors(name: str, corpora: Path = CORPORA, cache: Path = VECTOR_CACHE) -> Path:
+    """A .npy of the corpus's embeddings (packaged model, rows in file order): `cache/NAME.npy`,
+    made by the tool's own embed stage the first time (minutes on a laptop CPU)."""
+    target = Path(cache) / f"{name}.npy"
+    if target.exists():
+        return target
+    from icp_core import pipeline, stages
+    from icp_core.params import Params
+    from icp_core.workspace import Workspace
+
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    print(f"embedding {name} once into {target} (cached for later runs)", file=sys.stderr)
+    params = Params()
+    with Workspace(Path(cache) / f"{name}-embed.duckdb") as ws:
+        pipeline.ingest(ws, [str(corpus_path(name, corpora))], params)
+        pipeline.run(ws, params, until="embed")
+        import numpy as np
+
+        np.save(target, stages.read_vectors(ws))
+    return target
+
 
 def machine() -> str:
     """One line: date, CPU model and count, memory, load average, Python."""

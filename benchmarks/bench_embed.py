@@ -18,20 +18,18 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from _bench_util import machine, timed
+from _bench_util import CORPORA, CORPUS_FILES, machine, timed
 
 from icp_core import embed, pipeline, stages
 from icp_core.params import Params
 from icp_core.workspace import Workspace
-
-CORPUS = Path("/work/shared/corpora/pydocs.jsonl")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=240)
     parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--corpus", type=Path, default=CORPUS)
+    parser.add_argument("--corpus", type=Path, default=CORPORA / CORPUS_FILES["pydocs"])
     args = parser.parse_args()
     print(f"machine: {machine()}")
     lines = args.corpus.read_text().splitlines()[: args.docs]

@@ -1,7 +1,7 @@
 """kNN: `knn_search(index="auto")` vs exact faiss IndexFlatIP, N = 100k and 300k, d = 384.
 
 Vectors: real embeddings are clustered, so the vectors are made from the real all-MiniLM-L6-v2
-embeddings of the shared corpora (/work/cache/debian.npy + pydocs.npy, 46,899 documents):
+embeddings of the shared corpora (debian + pydocs, 46,899 documents; --cache holds their .npy):
 vector = normalise((1 - t) x_i + t x_j + e), with x_i a random real vector, x_j one of its
 10 nearest real neighbours (uniform), t ~ U(0, 0.5) and e ~ N(0, (0.5^2 / 384) I), i.e.
 noise of norm about 0.5. The script prints the mean top-1 and top-10 similarity of the real
@@ -26,16 +26,15 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _bench_util import machine, ratio, timed
+from _bench_util import CORPORA, VECTOR_CACHE, corpus_vectors, machine, ratio, timed
 
 from icp_core import knn
 
 K = 10
-CACHE = Path("/work/cache")
 
 
-def real_vectors(folder: Path) -> np.ndarray:
-    parts = [np.load(folder / name) for name in ("debian.npy", "pydocs.npy")]
+def real_vectors(corpora: Path, cache: Path) -> np.ndarray:
+    parts = [np.load(corpus_vectors(name, corpora, cache)) for name in ("debian", "pydocs")]
     return np.ascontiguousarray(np.concatenate(parts), dtype=np.float32)
 
 
@@ -80,12 +79,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,300000")
     parser.add_argument("--queries", type=int, default=4000, help="exact-search query sample")
-    parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--corpora", type=Path, default=CORPORA)
+    parser.add_argument("--cache", type=Path, default=VECTOR_CACHE, help="embeddings .npy folder")
     args = parser.parse_args()
     import faiss
 
     print(f"machine: {machine()}; faiss {faiss.__version__}, {faiss.omp_get_max_threads()} threads")
-    real = real_vectors(args.cache)
+    real = real_vectors(args.corpora, args.cache)
     rng = np.random.default_rng(0)
     real_queries = np.sort(rng.choice(len(real), min(args.queries, len(real)), replace=False))
     real_exact, real_exact_time = exact_on_queries(real, real_queries)

@@ -22,26 +22,24 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from _bench_util import machine, timed
+from _bench_util import CORPORA, corpus_path, corpus_vectors, machine, timed
 
 from icp_core import export, pack, pipeline, stages
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 
-CORPUS = Path("/work/shared/corpora/pydocs.jsonl")
-VECTORS = Path("/work/cache/pydocs.npy")
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--corpora", type=Path, default=CORPORA)
     parser.add_argument("--formats", default="tokens,jsonl,parquet")
     args = parser.parse_args()
     formats = args.formats.split(",")
     print(f"machine: {machine()}")
-    params = Params(vectors=str(VECTORS))
+    params = Params(vectors=str(corpus_vectors("pydocs", args.corpora)))
     with tempfile.TemporaryDirectory() as folder, Workspace(Path(folder) / "ws.duckdb") as ws:
-        pipeline.ingest(ws, [str(CORPUS)], params)
+        pipeline.ingest(ws, [str(corpus_path("pydocs", args.corpora))], params)
         pipeline.run(ws, params, until="order")
         texts = ws.arrow("SELECT text FROM documents ORDER BY doc").column("text").to_pylist()
         tokenizer = pack.load_tokenizer(str(stages._tokenizer_for(params)))

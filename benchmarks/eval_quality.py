@@ -14,49 +14,23 @@ Workspaces are kept in --workspaces (re-runs skip ingest and import).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numba
-import numpy as np
+from _bench_util import CORPORA, CORPUS_FILES, corpus_path, corpus_vectors, machine
 
 from icp_core import evaluate, pipeline
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 
-CORPORA = {
-    "pydocs": ("/work/shared/corpora/pydocs.jsonl", "/work/cache/pydocs.npy"),
-    "debian": ("/work/shared/corpora/debian_pkgdesc.jsonl.gz", "/work/cache/debian.npy"),
-}
 REPEATS = 3  # ordering runs per method; the fastest is reported
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        model = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-        cpu = model
-    except (OSError, StopIteration):
-        pass
-    return (
-        f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-        f"numpy {np.__version__}, numba {numba.__version__}"
-    )
-
-
-def run_corpus(name: str, ks: list[int], dedup: bool, folder: Path) -> None:
-    source, vectors = CORPORA[name]
-    if not Path(vectors).exists():
-        print(f"\n## {name}: skipped, {vectors} does not exist yet\n")
-        return
+def run_corpus(name: str, ks: list[int], dedup: bool, folder: Path, corpora: Path) -> None:
+    source = str(corpus_path(name, corpora))
+    vectors = str(corpus_vectors(name, corpora))
     suffix = "" if dedup else "-nodedup"
     params = Params(vectors=vectors, dedup_threshold=Params().dedup_threshold if dedup else None)
     with Workspace(folder / f"{name}{suffix}.duckdb") as ws:
@@ -82,7 +56,8 @@ def run_corpus(name: str, ks: list[int], dedup: bool, folder: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--corpus", choices=sorted(CORPORA), action="append")
+    parser.add_argument("--corpus", choices=sorted(CORPUS_FILES), action="append")
+    parser.add_argument("--corpora", type=Path, default=CORPORA)
     parser.add_argument("--k", type=int, action="append")
     parser.add_argument("--no-dedup", action="store_true", help="keep semantic duplicates")
     parser.add_argument("--workspaces", type=Path, default=Path("workspaces"))
@@ -91,8 +66,8 @@ def main() -> None:
     print(f"# Ordering and packing quality, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"\nMachine: {machine()}")
     print(f"Command: python benchmarks/eval_quality.py {' '.join(sys.argv[1:])}".rstrip())
-    for name in args.corpus or list(CORPORA):
-        run_corpus(name, args.k or [10, 30], not args.no_dedup, args.workspaces)
+    for name in args.corpus or list(CORPUS_FILES):
+        run_corpus(name, args.k or [10, 30], not args.no_dedup, args.workspaces, args.corpora)
 
 
 if __name__ == "__main__":
