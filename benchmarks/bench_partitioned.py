@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 
 from icp_core import pipeline, stages
 from icp_core.distributed import ray_engine
-from icp_core.params import Params
+from icp_core.params import DEFAULT_ORDER, Params
 from icp_core.workspace import Workspace
 
 SHOWN = ("adjacent_sim_mean", "label_agreement", "context_pairwise_sim_mean", "jump_rate")
@@ -112,17 +112,19 @@ def main() -> None:
     parser.add_argument("--vectors", type=Path, required=True)
     parser.add_argument("--partitions", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--order", default=DEFAULT_ORDER, help="ordering method of both engines")
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--block-docs", type=int, default=8192)
     args = parser.parse_args()
-    params = Params(k=args.k, vectors=str(args.vectors))
+    params = Params(k=args.k, vectors=str(args.vectors), order=args.order)
     folder = Path(tempfile.mkdtemp(prefix="bench_partitioned-"))
     try:
         started = time.perf_counter()
         local_ws, local, local_seconds = run_local(args.corpus, params, folder)
         local_total = time.perf_counter() - started
         print(
-            f"local engine: {local['n_documents']} docs, {local['n_kept']} kept, "
+            f"order = {params.order}; local engine: {local['n_documents']} docs, "
+            f"{local['n_kept']} kept, "
             f"{local_total:.1f}s (order {local_seconds['order']:.2f}s, "
             f"knn {local_seconds['knn']:.1f}s)",
             flush=True,
