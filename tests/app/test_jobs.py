@@ -115,3 +115,12 @@ def test_sample_spec_builds_from_the_shipped_data():
     spec = jobs.sample_spec("/somewhere/sample.duckdb")
     assert spec["seed_sample_cache"] and spec["until"] == "layout"
     assert Params.from_dict(spec["params"]) == Params()
+
+
+def test_an_upload_that_is_not_a_corpus_fails_with_one_line(runner, tmp_path):
+    upload, workspace = jobs.store_upload("table.parquet", b"PAR1 this is no parquet", tmp_path)
+    runner.start(jobs.upload_spec(upload, workspace, "text", "id"))
+    status = runner.wait(workspace, timeout_s=120)
+    assert status["state"] == "failed"
+    assert "not a readable Parquet file" in status["error"] and "\n" not in status["error"]
+    assert "Traceback" not in status["error"]
