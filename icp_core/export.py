@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -317,6 +318,44 @@ def _write_removed(ws: Workspace, folder: Path) -> None:
                 handle.write(orjson.dumps(row) + b"\n")
 
 
+@contextmanager
+def staged_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """A hidden sibling folder of `out` to write an export into, renamed to `out` when the
+    block ends without error; otherwise removed, so nothing partial is ever left under `out`.
+
+    Raises:
+        IcpError: `out` exists without overwrite, its folder is not writable, or a write in
+            the block failed (disk full, permissions).
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise IcpError(f"{out}: already exists; pass --overwrite to replace it")
+    parent = out.parent if str(out.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        for stale in parent.glob(f".{out.name}.partial-*"):  # left by a killed export
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    except OSError as err:
+        raise IcpError(
+            f"{out}: cannot write there ({err.strerror}); choose another --out"
+        ) from None
+    try:
+        yield staging
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        os.replace(staging, out)
+    except OSError as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise IcpError(
+            f"{out}: export failed ({err.strerror or err}); nothing was written, "
+            "free space or choose another --out"
+        ) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def export_contexts(
     ws: Workspace,
     params: Params,
@@ -334,22 +373,9 @@ def export_contexts(
     """
     if fmt not in FORMATS:
         raise IcpError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise IcpError(f"{out}: already exists; pass --overwrite to replace it")
     if not ws.has_table("contexts"):
         raise IcpError("no contexts yet; run `icp pack` (or `icp run`) first")
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        for stale in parent.glob(f".{out.name}.partial-*"):  # left by a killed export
-            shutil.rmtree(stale, ignore_errors=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    except OSError as err:
-        raise IcpError(
-            f"{out}: cannot write there ({err.strerror}); choose another --out"
-        ) from None
-    try:
+    with staged_folder(out, overwrite) as staging:
         files_info: dict[str, Any] = {}
         if fmt == "jsonl":
             files_info["n_contexts"] = _write_jsonl(
@@ -365,18 +391,6 @@ def export_contexts(
         manifest = _manifest(ws, params, fmt, files_info, metrics, staging)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
         crash_point("export.staged")
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(staging, out)
-    except OSError as err:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise IcpError(
-            f"{out}: export failed ({err.strerror or err}); nothing was written, "
-            "free space or choose another --out"
-        ) from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -8,7 +8,6 @@ import gzip
 import json
 import subprocess
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import duckdb
@@ -25,6 +24,7 @@ from icp_core.params import Params
 from icp_core.sample import SAMPLE_DOCUMENTS, SAMPLE_EMBEDDINGS
 from icp_core.workspace import Workspace
 from tests.conftest import tiny_rows, write_jsonl
+from tests.test_export import reassemble
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install '.[ray]'")
 ray_engine = pytest.importorskip("icp_core.distributed.ray_engine")
@@ -95,19 +95,6 @@ def read_contexts(folder: Path) -> list[dict]:
     )
 
 
-def reassemble(rows: list[dict], separator: str = "[SEP]") -> dict[str, str]:
-    """Each document's text glued back from its pieces, in token order."""
-    pieces: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for row in rows:
-        parts = row["text"].split(separator)
-        if row["text"].endswith(separator):
-            parts = parts[:-1]
-        assert len(parts) == len(row["doc_ids"])
-        for doc_id, start, part in zip(row["doc_ids"], row["doc_token_start"], parts, strict=True):
-            pieces[doc_id].append((start, part))
-    return {doc_id: "".join(p for _, p in sorted(parts)) for doc_id, parts in pieces.items()}
-
-
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
@@ -147,7 +134,7 @@ class TestSampleSubset:
         assert len(kept) + len(duplicates) + len(rejects) == sample_inputs["n_lines"]
         assert not kept & {d["id"] for d in duplicates}
         texts = {row["id"]: row["text"] for row in sample_inputs["rows"]}
-        assert reassemble(rows) == {doc_id: texts[doc_id] for doc_id in kept}
+        assert reassemble(rows, "[SEP]") == {doc_id: texts[doc_id] for doc_id in kept}
         assert manifest["metrics"]["every_doc_once"] is True
         assert manifest["metrics"]["n_documents"] == N_SAMPLE
 
@@ -175,7 +162,7 @@ class TestSampleSubset:
         assert [row["context"] for row in rows] == list(range(manifest["counts"]["n_contexts"]))
         assert all(row["n_tokens"] <= PARAMS.context_length for row in rows)
         local_rows = read_contexts(local_out)
-        assert reassemble(rows) == reassemble(local_rows)
+        assert reassemble(rows, "[SEP]") == reassemble(local_rows, "[SEP]")
         assert sorted(read_jsonl(out / "duplicates.jsonl"), key=lambda d: d["id"]) == sorted(
             read_jsonl(local_out / "duplicates.jsonl"), key=lambda d: d["id"]
         )

@@ -28,9 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -1288,27 +1286,9 @@ def run_pipeline(
             "--order original: its near-copy text filter runs on the local engine only; "
             "use --engine local, or another --order on Ray"
         )
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise IcpError(f"{out}: already exists; pass --overwrite to replace it")
     stages._tokenizer_for(params)  # a missing tokenizer fails here, not in a task
-    parent = out.parent if str(out.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    except OSError as err:
-        raise IcpError(
-            f"{out}: cannot write there ({err.strerror}); choose another --out"
-        ) from None
-    try:
-        with ray_session(options):
-            outcomes, manifest = _run_stages(inputs, params, staging, options, progress)
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    with export.staged_folder(out, overwrite) as staging, ray_session(options):
+        outcomes, manifest = _run_stages(inputs, params, staging, options, progress)
     return outcomes, manifest
 
 
