@@ -6,9 +6,10 @@ call these. Each kernel has a plain-Python reference in the tests.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 from llvmlite import ir
-from numba import njit, types
+from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -94,6 +95,22 @@ def build_undirected_csr(ids, sims):
     return new_indptr, nbr[:out].copy(), weight[:out].copy()
 
 
+@njit(parallel=True, cache=True)
+def narrow_ids(ids, out):
+    """Copy (N, k) ids into the narrower (N, k) out (int64 -> int32) and return their
+    (min, max), taken before narrowing: the range check and the copy in one parallel pass."""
+    n, k = ids.shape
+    low = np.iinfo(ids.dtype).max
+    high = np.iinfo(ids.dtype).min
+    for i in prange(n):
+        for c in range(k):
+            value = ids[i, c]
+            out[i, c] = value
+            low = min(low, value)
+            high = max(high, value)
+    return low, high
+
+
 # ---------------------------------------------------------------------------------------------
 # Orderings
 # ---------------------------------------------------------------------------------------------
@@ -152,59 +169,94 @@ def _prefetch(typingctx, array, index):
     return types.void(array, index), codegen
 
 
-@njit(cache=True)
-def count_in_edges(ids, in_ptr):
-    """in_ptr[j + 1] += number of lists naming j (self and -1 skipped), then prefix sums.
+# The passes that build the in-edges run in parallel over blocks of consecutive rows, one
+# block per thread: each block counts the in-edges its rows give into its own row of
+# `cursors` (no atomics), and later writes them from there, so every document's in-edges end
+# up in source order (block by block, row by row) whatever the number of blocks.
 
-    in_ptr: (N+1,) zeros of an integer type wide enough for N*k (uint32 halves the traffic).
+
+@njit(parallel=True, cache=True)
+def count_in_edges(ids, cursors):
+    """cursors[b, j] += number of entries naming j in the rows of block b (self, -1 skipped).
+
+    cursors: (B, N) zeros; block b = rows b*N//B .. (b+1)*N//B - 1.
     """
     n, k = ids.shape
-    for i in range(n):
-        for c in range(k):
-            j = ids[i, c]
-            if j >= 0 and j != i:
-                in_ptr[j + 1] += 1
-    for i in range(n):
-        in_ptr[i + 1] += in_ptr[i]
+    blocks = cursors.shape[0]
+    for b in prange(blocks):
+        for i in range(b * n // blocks, (b + 1) * n // blocks):
+            for c in range(k):
+                j = ids[i, c]
+                if j >= 0 and j != i:
+                    cursors[b, j] += 1
 
 
 @njit(cache=True)
-def fill_in_edges(ids, sims, in_ptr, in_keys):
+def in_edge_offsets(cursors, in_ptr):
+    """Turn the counts of `count_in_edges` into write cursors, and fill in_ptr (N+1,).
+
+    After: in_ptr[j]..in_ptr[j+1] is j's slice of the in-edge keys, and cursors[b, j] where
+    block b's in-edges of j start in it. Both must be wide enough for N*k (uint32 or int64).
+    """
+    blocks, n = cursors.shape
+    total = 0
+    for j in range(n):
+        in_ptr[j] = total
+        for b in range(blocks):
+            count = cursors[b, j]
+            cursors[b, j] = total
+            total += count
+    in_ptr[n] = total
+
+
+@njit(parallel=True, cache=True)
+def fill_in_edges(ids, sims, cursors, in_keys):
     """in_keys[in_ptr[j]:in_ptr[j+1]] = keys of the documents listing j, in source order.
 
-    in_ptr comes from `count_in_edges`; it is used as the fill cursor and restored.
+    cursors: from `in_edge_offsets`, advanced as keys are written.
     """
     n, k = ids.shape
-    for i in range(n):
-        for c in range(k):
-            j = ids[i, c]
-            if j >= 0 and j != i:
-                slot = in_ptr[j]
-                in_keys[slot] = _edge_key(sims[i, c], i)
-                in_ptr[j] = slot + 1
-    for i in range(n, 0, -1):
-        in_ptr[i] = in_ptr[i - 1]
-    in_ptr[0] = 0
+    blocks = cursors.shape[0]
+    for b in prange(blocks):
+        for i in range(b * n // blocks, (b + 1) * n // blocks):
+            for c in range(k):
+                j = ids[i, c]
+                if j >= 0 and j != i:
+                    slot = cursors[b, j]
+                    in_keys[slot] = _edge_key(sims[i, c], i)
+                    cursors[b, j] = slot + 1
 
 
-@njit(cache=True)
-def degrees_and_best_in(ids, in_ptr, in_keys, stamp, degree, best_in):
+@njit(parallel=True, cache=True)
+def degrees_and_best_in(ids, in_ptr, in_keys, degree, best_in):
     """degree[i]: distinct neighbours of i in the undirected graph; best_in[i]: largest
-    in-edge key of i (0 when none). stamp: (N,) int32 filled with -1, scratch."""
+    in-edge key of i (0 when none).
+
+    Each document on its own (in parallel), reading only its own row and in-edges: an own
+    entry counts unless it is -1, i itself or repeats an earlier entry of the row; an in-edge
+    counts unless its source is already in the row or repeats the previous in-edge's source
+    (in-edges are in source order, so a source listing i twice gives adjacent keys).
+    """
     n, k = ids.shape
-    for i in range(n):
+    for i in prange(n):
+        # sums of comparisons, not early exits: branch-free inner loops the compiler vectorises
         distinct = 0
         for c in range(k):
             j = ids[i, c]
-            if j >= 0 and j != i:
-                distinct += stamp[j] != i
-                stamp[j] = i
+            repeats = 0
+            for earlier in range(c):
+                repeats += ids[i, earlier] == j
+            distinct += (j >= 0) & (j != i) & (repeats == 0)
         best = np.uint64(0)
+        previous = np.int64(-1)
         for e in range(in_ptr[i], in_ptr[i + 1]):
             key = in_keys[e]
             j = _key_doc(key)
-            distinct += stamp[j] != i
-            stamp[j] = i
+            listed = 0
+            for c in range(k):
+                listed += ids[i, c] == j
+            distinct += (j != previous) & (listed == 0)
+            previous = j
             best = max(best, key)
         degree[i] = distinct
         best_in[i] = best
@@ -236,8 +288,8 @@ def icp_walk(ids, sims, in_ptr, in_keys, best_in, starts, visited, order):
 
     starts: documents by (degree, id); visited: (ceil(N/64),) uint64 zeros; order: (N,) out.
     The walk is bound by memory latency, so each step prefetches what the next steps may read
-    (the rows of its unvisited candidates), and skips the in-edges when even the best of them
-    (best_in) loses to the best own-list candidate.
+    (its own in-edge row, the rows of its unvisited candidates), and skips the in-edges when
+    even the best of them (best_in) loses to the best own-list candidate.
     """
     n, k = ids.shape
     flat_ids = ids.reshape(n * k)
@@ -248,6 +300,11 @@ def icp_walk(ids, sims, in_ptr, in_keys, best_in, starts, visited, order):
     for pos in range(n):
         visited[cur >> 6] |= np.uint64(1) << np.uint64(cur & 63)
         order[pos] = cur
+        # cur's in-edge row is needed after its own list when its best in-edge may win: ask for
+        # both ends of the row now, so that the fetch overlaps the own-list work (cur's
+        # pointers were prefetched a step ago, its in-edges only when it came from one)
+        _prefetch(in_keys, in_ptr[cur])
+        _prefetch(in_keys, max(in_ptr[cur + 1], 1) - 1)
         # Branches, not masks: at scale each step waits on memory, and a predicted branch
         # lets the CPU run on past a visited bit still being loaded (masks were 15% slower
         # at N = 1M, though twice as fast when everything fits in cache).
@@ -295,15 +352,17 @@ def icp_order(ids: np.ndarray, sims: np.ndarray) -> np.ndarray:
         raise IcpError(
             f"{n_docs} documents: the icp order handles up to 2**32 - 2; split the corpus"
         )
-    in_ptr = np.zeros(n_docs + 1, dtype=np.uint32 if ids.size < 2**32 else np.int64)
-    count_in_edges(ids, in_ptr)
+    pointer_type = np.uint32 if ids.size < 2**32 else np.int64
+    cursors = np.zeros((numba.get_num_threads(), n_docs), dtype=pointer_type)
+    count_in_edges(ids, cursors)
+    in_ptr = np.empty(n_docs + 1, dtype=pointer_type)
+    in_edge_offsets(cursors, in_ptr)
     in_keys = np.empty(int(in_ptr[n_docs]), dtype=np.uint64)
-    fill_in_edges(ids, sims, in_ptr, in_keys)
-    stamp = np.full(n_docs, -1, dtype=np.int32 if n_docs < 2**31 else np.int64)
+    fill_in_edges(ids, sims, cursors, in_keys)
     degree = np.empty(n_docs, dtype=np.int32)
     best_in = np.empty(n_docs, dtype=np.uint64)
-    degrees_and_best_in(ids, in_ptr, in_keys, stamp, degree, best_in)
-    starts = stamp  # the scratch array is free again: reuse its memory
+    degrees_and_best_in(ids, in_ptr, in_keys, degree, best_in)
+    starts = cursors[0]  # the cursors are spent: reuse their memory
     order_by_degree(degree, starts)
     del degree
     visited = np.zeros((n_docs + 63) // 64, dtype=np.uint64)

@@ -49,14 +49,17 @@ def _validate(neighbor_ids: np.ndarray, neighbor_sims: np.ndarray) -> tuple[np.n
             f"neighbor_ids {ids.shape} and neighbor_sims {sims.shape} must be equal (N, k) arrays"
         )
     n_docs = ids.shape[0]
-    if ids.size and (ids.max() >= n_docs or ids.min() < -1):
-        raise IcpError(f"neighbor ids must lie in -1..{n_docs - 1}")
     # int32 halves the memory of every pass; ids beyond 2**31 need int64
     id_type = np.int32 if n_docs < 2**31 - 1 else np.int64
-    return (
-        np.ascontiguousarray(ids, dtype=id_type),
-        np.ascontiguousarray(sims, dtype=np.float32),
-    )
+    if ids.size and ids.dtype == np.int64 and id_type == np.int32:
+        narrow = np.empty(ids.shape, dtype=np.int32)
+        low, high = _kernels.narrow_ids(ids, narrow)  # check and copy in one parallel pass
+    else:
+        low, high = (ids.min(), ids.max()) if ids.size else (-1, -1)
+        narrow = np.ascontiguousarray(ids, dtype=id_type)
+    if high >= n_docs or low < -1:
+        raise IcpError(f"neighbor ids must lie in -1..{n_docs - 1}")
+    return narrow, np.ascontiguousarray(sims, dtype=np.float32)
 
 
 def build_graph(

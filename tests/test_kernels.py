@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -144,6 +145,26 @@ def test_icp_order_refuses_more_documents_than_its_32_bit_keys_hold() -> None:
         _kernels.icp_order(huge, huge.view(np.float32))
 
 
+def test_narrow_ids_copies_and_reports_the_range_before_narrowing() -> None:
+    ids = np.array([[5, -1, 3], [2**40 + 1, 0, -(2**35)]], dtype=np.int64)[:, ::2]  # strided
+    out = np.empty(ids.shape, dtype=np.int32)
+    assert _kernels.narrow_ids(ids, out) == (-(2**35), 2**40 + 1)
+    assert out.tolist() == ids.astype(np.int32).tolist()
+    ids, _ = random_graph(4, 3000, 7)
+    out = np.empty(ids.shape, dtype=np.int32)
+    assert _kernels.narrow_ids(ids, out) == (ids.min(), ids.max())
+    assert np.array_equal(out, ids)
+
+
+@pytest.mark.parametrize("bad", [2**32, 2**32 + 1, -(2**32) + 1, -2, 10])
+def test_ids_that_would_wrap_in_int32_are_refused_not_narrowed(bad: int) -> None:
+    # 2**32 + 1 would become document 1 and -(2**32) + 1 document 1 after an int32 cast
+    ids, sims = random_graph(2, 10, 3)
+    ids[4, 1] = bad
+    with pytest.raises(IcpError, match="must lie in -1..9"):
+        traverse(ids, sims, "icp")
+
+
 # ---------------------------------------------------------------------------------------------
 # The kernels behind it, one by one
 # ---------------------------------------------------------------------------------------------
@@ -156,20 +177,27 @@ def decode(key: int) -> tuple[float, int]:
     return float(np.array([bits], dtype=np.uint32).view(np.float32)[0]), 0xFFFFFFFF - low
 
 
-def build_in_edges(ids, sims, pointer_type=np.uint32):
-    in_ptr = np.zeros(len(ids) + 1, dtype=pointer_type)
-    _kernels.count_in_edges(ids, in_ptr)
+def build_in_edges(ids, sims, pointer_type=np.uint32, blocks=2):
+    cursors = np.zeros((blocks, len(ids)), dtype=pointer_type)
+    _kernels.count_in_edges(ids, cursors)
+    in_ptr = np.empty(len(ids) + 1, dtype=pointer_type)
+    _kernels.in_edge_offsets(cursors, in_ptr)
     in_keys = np.empty(int(in_ptr[-1]), dtype=np.uint64)
-    _kernels.fill_in_edges(ids, sims, in_ptr, in_keys)
+    _kernels.fill_in_edges(ids, sims, cursors, in_keys)
+    assert np.array_equal(cursors[-1], in_ptr[1:]), "the last block ends each document's slice"
     return in_ptr, in_keys
 
 
+@pytest.mark.parametrize("blocks", [1, 2, 3, 64, 250])
 @pytest.mark.parametrize("pointer_type", [np.uint32, np.int64])
 @pytest.mark.parametrize("seed", range(5))
-def test_in_edges_list_every_valid_entry_once_in_source_order(seed: int, pointer_type) -> None:
+def test_in_edges_list_every_valid_entry_once_in_source_order(
+    seed: int, pointer_type, blocks: int
+) -> None:
+    # any number of row blocks, more than threads or than rows included, gives the same lists
     ids, sims = random_graph(seed, 200, 7, ties=seed % 2 == 0)
     ids32 = ids.astype(np.int32)
-    in_ptr, in_keys = build_in_edges(ids32, sims, pointer_type)
+    in_ptr, in_keys = build_in_edges(ids32, sims, pointer_type, blocks)
     assert in_ptr[0] == 0 and np.all(np.diff(in_ptr.astype(np.int64)) >= 0)
     for j in range(len(ids)):
         expected = [
@@ -200,15 +228,15 @@ def test_edge_keys_order_by_weight_then_lowest_id() -> None:
     assert by_key == sorted(decoded, key=lambda pair: (-pair[0], pair[1]))
 
 
+@pytest.mark.parametrize("blocks", [1, 3])
 @pytest.mark.parametrize("seed", range(6))
-def test_degrees_and_best_in_match_the_undirected_graph(seed: int) -> None:
+def test_degrees_and_best_in_match_the_undirected_graph(seed: int, blocks: int) -> None:
     ids, sims = random_graph(seed, 150, 6, ties=seed % 2 == 1)
     ids32 = ids.astype(np.int32)
-    in_ptr, in_keys = build_in_edges(ids32, sims)
-    stamp = np.full(len(ids), -1, dtype=np.int32)
+    in_ptr, in_keys = build_in_edges(ids32, sims, blocks=blocks)
     degree = np.empty(len(ids), dtype=np.int32)
     best_in = np.empty(len(ids), dtype=np.uint64)
-    _kernels.degrees_and_best_in(ids32, in_ptr, in_keys, stamp, degree, best_in)
+    _kernels.degrees_and_best_in(ids32, in_ptr, in_keys, degree, best_in)
     neighbours = undirected_neighbours(ids, sims)
     assert degree.tolist() == [len(nb) for nb in neighbours]
     for j in range(len(ids)):
@@ -223,6 +251,35 @@ def test_degrees_and_best_in_match_the_undirected_graph(seed: int) -> None:
             assert decode(int(best_in[j])) == (weight, -minus_id)
         else:
             assert best_in[j] == 0
+
+
+def test_degrees_count_repeats_self_entries_and_mutual_pairs_once() -> None:
+    # 0 lists 1 twice and itself; 1 lists 0 three times (a mutual pair, repeated both ways)
+    # and 2 once; 2 lists 0 once and 1 twice; 3 lists nothing, 4 only itself and -1
+    ids = np.array(
+        [[1, 1, 0, -1], [0, 2, 0, 0], [0, 1, 1, -1], [-1, -1, -1, -1], [4, -1, 4, -1]],
+        dtype=np.int32,
+    )
+    sims = np.full(ids.shape, 0.5, dtype=np.float32)
+    in_ptr, in_keys = build_in_edges(ids, sims)
+    degree = np.empty(len(ids), dtype=np.int32)
+    best_in = np.empty(len(ids), dtype=np.uint64)
+    _kernels.degrees_and_best_in(ids, in_ptr, in_keys, degree, best_in)
+    assert degree.tolist() == [2, 2, 2, 0, 0]
+    assert degree.tolist() == [len(nb) for nb in undirected_neighbours(ids, sims)]
+    assert best_in[3] == 0 and best_in[4] == 0
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_icp_order_is_the_same_for_any_number_of_threads(threads: int) -> None:
+    ids, sims = random_graph(7, 2000, 8, ties=True)
+    expected = reference_icp(ids, sims)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        assert traverse(ids, sims, "icp").tolist() == expected
+    finally:
+        numba.set_num_threads(before)
 
 
 def test_order_by_degree_is_a_stable_counting_sort() -> None:
