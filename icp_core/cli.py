@@ -567,8 +567,6 @@ def app_command(
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8501,
 ) -> None:
     """Open the Streamlit app (on the bundled sample when no workspace is given)."""
-    import subprocess
-
     entry = Path(__file__).resolve().parent.parent / "app" / "main.py"
     if not entry.exists():
         raise IcpError(f"{entry}: the app is not installed; run from a source checkout")
@@ -585,7 +583,8 @@ def app_command(
     ]
     if workspace is not None:
         command += ["--", "--workspace", str(workspace)]
-    raise typer.Exit(subprocess.call(command))
+    # become the server process, so signals (Ctrl-C, SIGTERM from a supervisor) reach it
+    os.execv(sys.executable, command)
 
 
 def main() -> None:
