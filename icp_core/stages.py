@@ -7,6 +7,7 @@ decides when to run them.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -625,8 +626,6 @@ def read_labels(ws: Workspace, label_field: str | None) -> np.ndarray | None:
 
 def run_metrics(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     result = compute_metrics(ws, params)
-    import json
-
     with ws.transaction():
         ws.execute(
             """CREATE TABLE IF NOT EXISTS metrics (
@@ -765,8 +764,6 @@ def random_packing(
 
 def latest_metrics(ws: Workspace, params: Params) -> dict[str, Any]:
     """The stored metrics of the current parameters (run the metrics stage first)."""
-    import json
-
     row = ws.one(
         "SELECT result FROM metrics WHERE order_method = ? AND k = ? AND context_length = ? "
         "AND pack = ? AND dedup_threshold IS NOT DISTINCT FROM ? ORDER BY computed_at DESC LIMIT 1",
