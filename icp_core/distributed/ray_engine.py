@@ -807,7 +807,7 @@ def dedup_stage(searched: list[Searched], params: Params, n_docs: int) -> Remove
 
 
 # ---------------------------------------------------------------------------------------------
-# order: partition, traverse each partition, re-attach leftovers
+# order: partition, order each partition, stitch fragments across partitions
 # ---------------------------------------------------------------------------------------------
 
 
