@@ -1,7 +1,7 @@
 """Partitioned ordering on Ray (P = 1, 4, 16) against the local engine's global ordering.
 
-Question: how much adjacent similarity does cutting the corpus into P partitions (one traversal
-task each, leftovers re-attached across partitions) cost, and what does it buy in time?
+Question: how much adjacent similarity does cutting the corpus into P partitions (one ordering
+task each, path fragments stitched across partitions) cost, and what does it buy in time?
 Target: at most 2% loss of adjacent_sim_mean at P = 16.
 
 Both engines start from the same precomputed vectors (`--vectors`), so nothing is re-embedded.
@@ -138,13 +138,13 @@ def main() -> None:
             object_store_memory=1 << 30,
         )
         results = []
-        # every P with re-attachment, then the largest P without it (what re-attachment brings)
+        # every P with stitching, then the largest P without it (what stitching brings)
         runs = [(p, True) for p in args.partitions] + [(max(args.partitions), False)]
         try:
-            for n_partitions, reattach in runs:
-                out = folder / f"ray-p{n_partitions}-{'reattach' if reattach else 'plain'}"
+            for n_partitions, stitch in runs:
+                out = folder / f"ray-p{n_partitions}-{'stitched' if stitch else 'plain'}"
                 options = ray_engine.RayOptions(
-                    partitions=n_partitions, block_docs=args.block_docs, reattach=reattach
+                    partitions=n_partitions, block_docs=args.block_docs, stitch=stitch
                 )
                 started = time.perf_counter()
                 outcomes, manifest = ray_engine.run_pipeline(
@@ -153,7 +153,7 @@ def main() -> None:
                 total = time.perf_counter() - started
                 seconds = {o.stage: o.seconds for o in outcomes}
                 scored = score_ray_output(local_ws, out, params, folder)
-                name = "ray" if reattach else "ray, no re-attachment"
+                name = "ray" if stitch else "ray, no stitching"
                 results.append(
                     (name, n_partitions, scored, manifest["metrics"], seconds, total,
                      manifest["stages"])

@@ -27,9 +27,7 @@ def test_packing_metrics_on_a_hand_checked_case():
     packing = packing_of([[0, 1, 2], [3]], doc_tokens)
     ids = np.array([[1], [0], [-1], [-1]])  # the only kNN edge: 0-1
     labels = np.array(["a", "a", "b", "b"], dtype=object)
-    result = metrics.packing_metrics(
-        packing, VECTORS, doc_tokens, 8, ids, labels, None
-    )
+    result = metrics.packing_metrics(packing, VECTORS, doc_tokens, 8, ids, labels, None)
     assert result["adjacent_sim_mean"] == pytest.approx((0.6 + 0.8) / 2)
     assert result["context_pairwise_sim_mean"] == pytest.approx((0.6 + 0.8 + 0.0) / 3)
     assert result["jump_rate"] == pytest.approx(0.5)

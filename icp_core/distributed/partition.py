@@ -1,14 +1,17 @@
 """Partitioned ordering: pure array functions behind the Ray engine's order stage.
 
-The global walk of Algorithm 1 needs the whole kNN graph in one process. The Ray engine instead
-groups the IVF coarse lists into P partitions that share few kNN edges, walks each partition on
-its own (`traverse.traverse`), then re-attaches the leftovers: documents that sit alone between
-two jumps, typically because their neighbours landed in another partition. Each moves next to a
-neighbour that ends a chain (a tail: after it, a head: before it), in whichever partition that
-chain lives, so a jump becomes a kNN edge.
+The global ordering needs the whole kNN graph in one process. The Ray engine instead groups the
+IVF coarse lists into P partitions that share few kNN edges and orders each partition on its
+own (`traverse.traverse`). That loses the kNN edges the partition boundaries cut, so each
+partition's path is then cut into fragments (`cut_path`): at its jumps, and at the links that
+are weaker than a kNN edge its documents have into another partition. Only the fragments'
+end documents and their kNN lists go to the driver, which stitches fragments end to end across
+partitions (`plan_stitching`): greedy matching of ends by similarity, as greedy-edge max-TSP
+does globally, then the partitions' own joins where ends are still free. Each chain of
+fragments is packed by the partition that holds most of its documents.
 
-On the Debian descriptions at P = 16 (benchmarks/results/partitioned.md) the partitions cost
-2.2 % of the global walk's adjacent similarity and the re-attachment wins half of it back.
+On the Debian descriptions at P = 16 (benchmarks/results/partitioned.md) this is what keeps
+the loss against the global ordering under the 2 % target.
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from icp_core.distributed import _kernels
+from icp_core import _kernels, _order_kernels, traverse
 
 # Groups may grow to this multiple of the mean partition size while merging: a looser cap
 # keeps more edges inside partitions, a tighter one balances the traversal tasks.
 PARTITION_SLACK = 1.1
+# A fragment's body, seen from the driver: a link between its two ends heavier than the links
+# (cosines <= 1) of any ejection chain or 2-opt move that would cut it, so none does.
+FIXED_LINK_WEIGHT = 8.0
 
 
 def ivf_list_count(n_docs: int) -> int:
@@ -153,113 +159,234 @@ def group_lists(
     return partition_of_group[root]
 
 
-@dataclass(frozen=True)
-class PathEnds:
-    """Where a partition's path breaks: per position, whether the document is a leftover (a
-    jump on both sides), or starts (head) or ends (tail) a chain of two or more documents."""
+def cut_path(
+    order: np.ndarray, local_ids: np.ndarray, sims: np.ndarray, outside: np.ndarray
+) -> tuple[np.ndarray, int]:
+    """Where a partition's path is cut into fragments for stitching.
 
-    single: np.ndarray
-    head: np.ndarray
-    tail: np.ndarray
-
-
-def path_ends(on_edge: np.ndarray) -> PathEnds:
-    """Classify path positions from `on_edge` (step i-1 -> i follows a kNN edge; [0] ignored).
-
-    >>> ends = path_ends(np.array([False, True, False, False, True]))
-    >>> [np.flatnonzero(mask).tolist() for mask in (ends.single, ends.head, ends.tail)]
-    [[2], [0, 3], [1, 4]]
-    """
-    n = len(on_edge)
-    starts = np.ones(n, dtype=bool)
-    starts[1:] = ~np.asarray(on_edge[1:], dtype=bool)
-    ends = np.ones(n, dtype=bool)
-    ends[:-1] = starts[1:]
-    single = starts & ends
-    return PathEnds(single=single, head=starts & ~single, tail=ends & ~single)
-
-
-@dataclass(frozen=True)
-class Reattachment:
-    """Leftovers that move: `doc` from partition `origin` goes next to `target` in partition
-    `partition`, before it when `before` (the target heads a chain) else after it."""
-
-    doc: np.ndarray
-    origin: np.ndarray
-    target: np.ndarray
-    partition: np.ndarray
-    before: np.ndarray
-
-
-def plan_reattachment(
-    single_doc: np.ndarray,
-    single_partition: np.ndarray,
-    candidate_ids: np.ndarray,
-    candidate_sims: np.ndarray,
-    end_doc: np.ndarray,
-    end_partition: np.ndarray,
-    end_is_head: np.ndarray,
-) -> Reattachment:
-    """Pair leftovers with chain ends, most similar pairs first, each end taking one leftover.
+    A step is cut when it is a jump (not a kNN edge), or when one of its two documents has a
+    kNN neighbour in another partition more similar than the step's edge: stitching may then
+    link it there instead (and re-link the step when nothing better comes).
 
     Args:
-        single_doc, single_partition: (S,) leftover documents and their partitions.
-        candidate_ids, candidate_sims: (S, k) each leftover's kNN list (global ids, -1 = none).
-        end_doc, end_partition, end_is_head: (E,) chain ends over all partitions.
+        order: (M,) int64 the path, positions in the partition's documents.
+        local_ids: (M, k) int64 kNN lists as positions in the partition, -1 = none or outside.
+        sims: (M, k) float32 their similarities.
+        outside: (M, k) bool, the neighbours that live in another partition.
 
     Returns:
-        The moves; a leftover none of whose neighbours ends a chain stays where it is.
+        The fragments' start positions in the path (F,) int64 (0 first when M > 0) and the
+        number of jumps.
 
-    >>> plan = plan_reattachment(np.array([9]), np.array([1]), np.array([[4, 5]]),
-    ...     np.array([[0.8, 0.9]]), np.array([4, 5]), np.array([0, 0]), np.array([True, False]))
-    >>> plan.doc.tolist(), plan.target.tolist(), plan.before.tolist()
-    ([9], [5], [False])
+    >>> ids = np.array([[1, -1], [0, -1], [-1, -1]])
+    >>> sims = np.array([[0.9, 0.95], [0.9, 0], [0, 0]], dtype=np.float32)
+    >>> outside = np.array([[False, True], [False, False], [False, False]])
+    >>> starts, jumps = cut_path(np.array([0, 1, 2]), ids, sims, outside)
+    >>> starts.tolist(), jumps
+    ([0, 1, 2], 1)
     """
+    if len(order) == 0:
+        return np.zeros(0, dtype=np.int64), 0
+    ids, sims = local_ids[order], sims[order]
+    # the step's weight: the larger listed similarity in either direction, -inf off the graph
+    forward = np.where(ids[:-1] == order[1:, None], sims[:-1], -np.inf).max(axis=1)
+    backward = np.where(ids[1:] == order[:-1, None], sims[1:], -np.inf).max(axis=1)
+    step = np.maximum(forward, backward)
+    best_outside = np.where(outside[order], sims, -np.inf).max(axis=1)
+    jump = np.isneginf(step)
+    cut = jump | (best_outside[:-1] > step) | (best_outside[1:] > step)
+    return np.r_[0, np.flatnonzero(cut) + 1].astype(np.int64), int(jump.sum())
+
+
+def expand_segments(start: np.ndarray, length: np.ndarray, reverse: np.ndarray) -> np.ndarray:
+    """Positions of segments laid end to end, each walked backwards where `reverse`.
+
+    >>> expand_segments(np.array([5, 0]), np.array([2, 3]), np.array([False, True])).tolist()
+    [5, 6, 2, 1, 0]
+    """
+    start = np.asarray(start, dtype=np.int64)
+    length = np.asarray(length, dtype=np.int64)
+    segment = np.repeat(np.arange(len(start)), length)
+    within = np.arange(int(length.sum())) - np.repeat(np.cumsum(length) - length, length)
+    first = start[segment]
+    return np.where(reverse[segment], first + length[segment] - 1 - within, first + within)
+
+
+@dataclass(frozen=True)
+class Stitching:
+    """The final layout: segments of the partitions' paths, grouped by the partition `home`
+    that packs them, in path order within each. Segment s is positions start[s] ..
+    start[s] + length[s] - 1 of partition origin[s]'s path, walked backwards where reverse[s].
+    `links` counts the joins made along kNN edges, `across` those between partitions."""
+
+    home: np.ndarray
+    origin: np.ndarray
+    start: np.ndarray
+    length: np.ndarray
+    reverse: np.ndarray
+    links: int
+    across: int
+
+    def moved_docs(self) -> int:
+        """Documents packed by another partition than the one that ordered them."""
+        return int(self.length[self.home != self.origin].sum())
+
+
+def plan_stitching(
+    fragment_partition: np.ndarray,
+    fragment_start: np.ndarray,
+    fragment_length: np.ndarray,
+    end_doc: np.ndarray,
+    end_ids: np.ndarray,
+    end_sims: np.ndarray,
+    n_partitions: int,
+    improve: bool = True,
+) -> Stitching:
+    """Join fragments end to end: `traverse`'s greedy-lk on the graph of the fragments' ends
+    (greedy matching of ends along kNN edges, best first, no cycles, then 2-opt and ejection
+    chains), each fragment a fixed link between its two ends; then each partition's own joins
+    (its path order) where both ends are still free. Each chain of fragments goes whole to the
+    partition that holds most of its documents (lowest on ties); a partition's chains come in
+    the order of their lowest end (`chain_fragments`).
+
+    Args:
+        fragment_partition, fragment_start, fragment_length: (F,) fragments, partition by
+            partition and in path order within each.
+        end_doc: (2F,) documents at the ends: 2f the head (first) of fragment f, 2f + 1 its
+            tail (the same document for a fragment of one).
+        end_ids, end_sims: (2F, k) their kNN lists (global ids, -1 = none).
+        n_partitions: P.
+        improve: run the local search after the greedy matching (off only to measure it).
+
+    Returns:
+        The layout.
+
+    >>> plan = plan_stitching(np.array([0, 1]), np.array([0, 0]), np.array([2, 1]),
+    ...     np.array([10, 11, 20, 20]), np.array([[-1], [20], [11], [11]]),
+    ...     np.array([[0], [0.8], [0.8], [0.8]]), 2)
+    >>> plan.home.tolist(), plan.origin.tolist(), plan.reverse.tolist(), plan.across
+    ([0, 0], [1, 0], [True, True], 1)
+    """
+    n_fragments = len(fragment_partition)
+    n_ends = 2 * n_fragments
+    if n_fragments == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Stitching(empty, empty, empty, empty, np.zeros(0, dtype=bool), 0, 0)
+    neighbor_end, neighbor_sims = _end_neighbors(end_doc, end_ids, end_sims)
+    # the graph of the ends: the candidate joins, and each fragment as one link between its
+    # two ends, heavier than any move of the local search could win by cutting it
+    indptr, nbr, edge_weight = _kernels.build_undirected_csr(
+        np.column_stack([neighbor_end, np.arange(n_ends) ^ 1]).astype(np.int32),
+        np.column_stack([neighbor_sims, np.full(n_ends, FIXED_LINK_WEIGHT)]).astype(np.float32),
+    )
+    row, column = np.nonzero(neighbor_end >= 0)
+    best_first = np.argsort(-neighbor_sims[row, column], kind="stable")
+    pair_a, pair_b = row[best_first], neighbor_end[row, column][best_first]
+    partition_of = np.asarray(fragment_partition, dtype=np.int64)
+    # the partitions' own joins: tail of fragment f - 1 to head of fragment f
+    same = np.flatnonzero(partition_of[1:] == partition_of[:-1]) + 1
+    links = np.full((n_ends, 2), -1, dtype=np.int64)
+    head, tail = np.arange(0, n_ends, 2), np.arange(1, n_ends, 2)
+    links[head, 0], links[tail, 0] = tail, head
+    _order_kernels.join_ends(links, pair_a, pair_b)
+    if improve:
+        _order_kernels.improve_forest(
+            links, indptr, nbr, edge_weight, np.array(traverse.CHAIN_BREADTH, dtype=np.int64)
+        )
+    joined = int((links >= 0).sum()) // 2 - n_fragments
+    _order_kernels.join_ends(links, 2 * same - 1, 2 * same)
+    order = _order_kernels.chain_fragments(links)
+    # a fragment's two ends are always walked one after the other
+    fragment = order[0::2] // 2
+    reverse = order[0::2] % 2 == 1
+    chained = (links[order[1:-1:2]] == order[2::2, None]).any(axis=1)
+    chain = np.r_[0, np.cumsum(~chained)].astype(np.int64)
+    origin = partition_of[fragment]
+    length = np.asarray(fragment_length, dtype=np.int64)[fragment]
+    home = _majority(chain, origin, length, n_partitions)[chain]
+    final = np.argsort(home, kind="stable")
+    across = int((chained & (origin[1:] != origin[:-1])).sum()) if len(chained) else 0
+    return Stitching(
+        home=home[final],
+        origin=origin[final],
+        start=np.asarray(fragment_start, dtype=np.int64)[fragment][final],
+        length=length[final],
+        reverse=reverse[final],
+        links=int(joined),
+        across=across,
+    )
+
+
+def _end_neighbors(
+    end_doc: np.ndarray, end_ids: np.ndarray, end_sims: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ends' kNN lists as lists of ends: (2F, 2k) end indices (-1 = not an end) and sims.
+
+    A fragment of one has two ends on one document, so each listed document may stand for two
+    ends: columns 0..k-1 hold the first, k..2k-1 the second.
+    """
+    end_doc = np.asarray(end_doc, dtype=np.int64)
+    ids = np.asarray(end_ids, dtype=np.int64)
+    sims = np.asarray(end_sims, dtype=np.float64)
     by_doc = np.argsort(end_doc, kind="stable")
-    sorted_ends = np.asarray(end_doc, dtype=np.int64)[by_doc]
-    ids = np.asarray(candidate_ids, dtype=np.int64)
-    slot = np.searchsorted(sorted_ends, ids)
-    slot = np.minimum(slot, max(len(sorted_ends) - 1, 0))
-    hit = (ids >= 0) & (sorted_ends[slot] == ids) if len(sorted_ends) else np.zeros_like(ids, bool)
-    item, column = np.nonzero(hit)
-    best_first = np.argsort(-candidate_sims[item, column], kind="stable")
-    item, column = item[best_first], column[best_first]
-    end = by_doc[slot[item, column]]
-    chosen = _kernels.greedy_assign(
-        item.astype(np.int64), end.astype(np.int64), len(single_doc), len(end_doc)
-    )
-    moved = np.flatnonzero(chosen >= 0)
-    target_end = end[chosen[moved]]
-    return Reattachment(
-        doc=np.asarray(single_doc, dtype=np.int64)[moved],
-        origin=np.asarray(single_partition, dtype=np.int64)[moved],
-        target=np.asarray(end_doc, dtype=np.int64)[target_end],
-        partition=np.asarray(end_partition, dtype=np.int64)[target_end],
-        before=np.asarray(end_is_head, dtype=bool)[target_end],
-    )
+    sorted_doc = end_doc[by_doc]
+    found, found_sims = [], []
+    for shift in (0, 1):
+        slot = np.minimum(np.searchsorted(sorted_doc, ids) + shift, len(end_doc) - 1)
+        hit = (ids >= 0) & (sorted_doc[slot] == ids)
+        found.append(np.where(hit, by_doc[slot], -1))
+        found_sims.append(np.where(hit, sims, 0.0))
+    return np.hstack(found), np.hstack(found_sims)
 
 
-def merge_moves(
-    path: np.ndarray,
-    leaving: np.ndarray,
-    arriving: np.ndarray,
-    target: np.ndarray,
-    before: np.ndarray,
+def _majority(
+    group: np.ndarray, label: np.ndarray, weight: np.ndarray, n_labels: int
 ) -> np.ndarray:
-    """A partition's final path: `leaving` documents removed, each `arriving` document placed
-    right before or after its `target` (a document of `path`).
+    """Per group (0..G-1, sorted), the label of most weight; the lowest label on ties."""
+    key = group * n_labels + label
+    keys, inverse = np.unique(key, return_inverse=True)
+    total = np.bincount(inverse, weights=weight)
+    best = np.lexsort((keys % n_labels, -total, keys // n_labels))
+    group_of = keys[best] // n_labels
+    first = np.r_[True, group_of[1:] != group_of[:-1]]
+    return (keys[best] % n_labels)[first]
+
+
+def assembly(
+    origin: np.ndarray,
+    start: np.ndarray,
+    length: np.ndarray,
+    reverse: np.ndarray,
+    home: int,
+    n_path: int,
+) -> np.ndarray:
+    """Row order of a home partition's final path.
+
+    Rows are those of [its own path (n_path rows), then the rows each other partition sends,
+    senders in ascending order, each sender's rows already laid out and oriented in the order
+    of the home's segments].
+
+    Args:
+        origin, start, length, reverse: (S,) the home's segments in final order.
 
     Returns:
-        Indices into the concatenation [path, arriving] in final order.
+        (sum(length),) int64 row indices.
 
-    >>> merge_moves(np.array([10, 11, 12]), np.array([11]), np.array([20]), np.array([12]),
-    ...     np.array([True])).tolist()
-    [0, 3, 2]
+    >>> assembly(np.array([1, 0, 1]), np.array([4, 2, 0]), np.array([2, 1, 1]),
+    ...     np.array([True, False, False]), 1, 6).tolist()
+    [5, 4, 6, 0]
     """
-    position = np.arange(len(path), dtype=np.float64)
-    by_doc = np.argsort(path, kind="stable")
-    target_position = by_doc[np.searchsorted(path[by_doc], target)].astype(np.float64)
-    key = np.concatenate([position, target_position + np.where(before, -0.5, 0.5)])
-    stays = np.concatenate([~np.isin(path, leaving), np.ones(len(arriving), dtype=bool)])
-    final = np.argsort(key, kind="stable")
-    return final[stays[final]]
+    origin = np.asarray(origin, dtype=np.int64)
+    length = np.asarray(length, dtype=np.int64)
+    own = origin == home
+    _, sender = np.unique(origin[~own], return_inverse=True)
+    # each sender's rows come in segment order: a segment starts after its sender's earlier
+    # ones (a stable sort by sender lays the senders' blocks end to end from n_path)
+    by_sender = np.argsort(sender, kind="stable")
+    sorted_length = length[~own][by_sender]
+    offset = np.empty(len(by_sender), dtype=np.int64)
+    offset[by_sender] = np.cumsum(sorted_length) - sorted_length
+    first = np.asarray(start, dtype=np.int64).copy()
+    first[~own] = n_path + offset
+    flip = np.asarray(reverse, dtype=bool) & own
+    return expand_segments(first, length, flip)

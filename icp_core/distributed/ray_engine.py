@@ -13,10 +13,12 @@ The stages call the same pure functions as the local engine; only where the data
   are keyed by doc id.
 - dedup: the pairs at or above the threshold come back to the driver; `dedup.find_duplicates`
   groups them.
-- order: IVF lists are grouped into P partitions; each is walked by `traverse.traverse` in its own
-  task; leftovers are re-attached across partitions (see `partition.py`).
-- pack: `pack.pack_contexts` per partition; context ids are one global permutation; writer tasks
-  write `contexts-XXXXX-of-YYYYY.parquet`, each holding a range of the shuffled ids.
+- order: IVF lists are grouped into P partitions; each is ordered by `traverse.traverse` in its
+  own task and cut into fragments; the driver stitches fragment ends across partitions from the
+  ends' kNN lists (see `partition.py`).
+- pack: `pack.pack_contexts` per partition, on the chains of fragments it was given; context ids
+  are one global permutation; writer tasks write `contexts-XXXXX-of-YYYYY.parquet`, each
+  holding a range of the shuffled ids.
 
 Intermediate tables travel through the Ray object store (spilled to disk when full). Input
 files, `--vectors` and `--out` must be visible at the same path on every node (a shared mount),
@@ -80,7 +82,7 @@ class RayOptions:
     address: a cluster to join (`ray://host:10001`, `host:6379`, `auto`); None starts a local one.
     partitions: P for the order stage; None: one per `PARTITION_DOCS` kept documents.
     block_docs, contexts_per_file: work and output granularity.
-    reattach: move leftovers next to chain ends across partitions (off only to measure what
+    stitch: join the partitions' path fragments across partitions (off only to measure what
         it brings: benchmarks/bench_partitioned.py).
     init_args: extra `ray.init` arguments for a local cluster (tests cap CPUs and memory).
     """
@@ -89,7 +91,7 @@ class RayOptions:
     partitions: int | None = None
     block_docs: int = BLOCK_DOCS
     contexts_per_file: int = CONTEXTS_PER_FILE
-    reattach: bool = True
+    stitch: bool = True
     init_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -805,7 +807,7 @@ def dedup_stage(searched: list[Searched], params: Params, n_docs: int) -> Remove
 
 
 # ---------------------------------------------------------------------------------------------
-# order: partition, traverse each partition, re-attach leftovers
+# order: partition, order each partition, stitch fragments across partitions
 # ---------------------------------------------------------------------------------------------
 
 
@@ -827,10 +829,11 @@ def _route_task(
     return (*graph, *content)
 
 
-@ray.remote(num_returns=3)
+@ray.remote(num_returns=2)
 def _traverse_task(removed: np.ndarray, k: int, method: str, seed: int, *parts: pa.Table) -> tuple:
-    """Walk one partition with `traverse.traverse`; return the path (doc and kNN lists without
-    removed documents, in path order), its leftovers and a summary of its chain ends."""
+    """Order one partition with `traverse.traverse` and cut the path into fragments; return the
+    path (doc and kNN lists without removed documents, in path order) and a summary: the
+    fragments and their end documents' kNN lists, all the driver needs to stitch them."""
     table = pa.concat_tables(parts)
     table = table.take(pa.array(np.argsort(_column(table, "doc"), kind="stable")))
     members = _column(table, "doc")
@@ -840,45 +843,61 @@ def _traverse_task(removed: np.ndarray, k: int, method: str, seed: int, *parts: 
     walk_ids, walk_sims = stages.restrict_graph(local, nbr_sims, np.arange(len(members)), k)
     order = traverse.traverse(walk_ids, walk_sims, method, seed)
     kept_ids, kept_sims = partition.drop_removed(nbr_ids, nbr_sims, removed, k)
-    on_edge = traverse.transitions_on_edges(order, partition.localize(kept_ids, members))
-    ends = partition.path_ends(on_edge)
-    path_docs = members[order]
+    kept_local = partition.localize(kept_ids, members)
+    starts, jumps = partition.cut_path(
+        order, kept_local, kept_sims, (kept_ids >= 0) & (kept_local < 0)
+    )
+    lengths = np.diff(np.r_[starts, len(order)])
+    # per fragment its head, then its tail (one document for a fragment of one)
+    ends = order[np.stack([starts, starts + lengths - 1], axis=1).ravel()]
     path = pa.table(
         {
-            "doc": path_docs,
+            "doc": members[order],
             "kept_ids": _fixed(kept_ids[order]),
             "kept_sims": _fixed(kept_sims[order]),
         }
     )
-    singles = path.filter(pa.array(ends.single))
     summary = {
-        "single_doc": path_docs[ends.single],
-        "single_ids": kept_ids[order][ends.single],
-        "single_sims": kept_sims[order][ends.single],
-        "head_doc": path_docs[ends.head],
-        "tail_doc": path_docs[ends.tail],
+        "fragment_start": starts,
+        "fragment_length": lengths,
+        "end_doc": members[ends],
+        "end_ids": kept_ids[ends],
+        "end_sims": kept_sims[ends],
         "n_docs": len(members),
-        "jumps": int((~on_edge[1:]).sum()) if len(on_edge) > 1 else 0,
+        "jumps": jumps,
     }
-    return path, singles, summary
+    return path, summary
 
 
 @ray.remote
-def _pick_task(docs: np.ndarray, *parts: pa.Table) -> pa.Table:
-    """The content rows of the leftovers that leave a partition."""
-    table = pa.concat_tables(parts)
-    return table.filter(pa.array(np.isin(_column(table, "doc"), docs)))
+def _pick_task(
+    starts: list[np.ndarray],
+    lengths: list[np.ndarray],
+    reverses: list[np.ndarray],
+    path: pa.Table,
+    *content: pa.Table,
+) -> tuple[pa.Table, ...] | pa.Table:
+    """The rows (graph and content columns) of the path segments a partition sends away: one
+    table per receiving partition, its segments laid out in the receiver's order."""
+    table = pa.concat_tables(content)
+    picked = []
+    for start, length, reverse in zip(starts, lengths, reverses, strict=True):
+        graph = path.take(pa.array(partition.expand_segments(start, length, reverse)))
+        rows = _rows_for(table, _column(graph, "doc"))
+        for name in CONTENT_COLUMNS[1:]:
+            graph = graph.append_column(name, rows.column(name))
+        picked.append(graph)
+    return tuple(picked) if len(picked) > 1 else picked[0]
 
 
 @dataclass
 class Ordered:
-    """Per partition: its path and leftovers (graph columns) and its content tables (one per
-    block); plus the leftovers' moves."""
+    """Per partition: its path (graph columns) and its content tables (one per block); plus
+    the layout of the fragments over the partitions that pack them."""
 
     paths: list[Any]
-    singles: list[Any]
     content: list[list[Any]]
-    moves: partition.Reattachment
+    stitching: partition.Stitching
     counts: dict[str, Any]
 
 
@@ -888,10 +907,10 @@ def order_stage(
     removed: Removed,
     params: Params,
     n_partitions: int,
-    reattach: bool,
+    stitch: bool,
     report: Report,
 ) -> Ordered:
-    """Group IVF lists into partitions, walk each in a task, plan the leftovers' moves."""
+    """Group IVF lists into partitions, order each in a task, stitch their fragments."""
     n_lists = int(doc_list.max()) + 1
     list_sizes = np.bincount(doc_list, minlength=n_lists) - np.bincount(
         doc_list[removed.doc], minlength=n_lists
@@ -916,41 +935,39 @@ def order_stage(
     ]
     content = [[r[n_partitions + p] for r in routed] for p in range(n_partitions)]
     summaries = []
-    for done, (_, _, summary_ref) in enumerate(tasks, start=1):
+    for done, (_, summary_ref) in enumerate(tasks, start=1):
         summaries.append(_get(summary_ref))
         report(done, n_partitions)
-    part_ids = np.arange(n_partitions)
-    counts_single = [len(s["single_doc"]) for s in summaries]
-    end_doc = np.concatenate([np.r_[s["head_doc"], s["tail_doc"]] for s in summaries])
-    n_candidates = sum(counts_single) if reattach else 0  # with it off, no leftover moves
-    moves = partition.plan_reattachment(
-        single_doc=np.concatenate([s["single_doc"] for s in summaries])[:n_candidates],
-        single_partition=np.repeat(part_ids, counts_single)[:n_candidates],
-        candidate_ids=np.concatenate([s["single_ids"] for s in summaries])[:n_candidates],
-        candidate_sims=np.concatenate([s["single_sims"] for s in summaries])[:n_candidates],
-        end_doc=end_doc,
-        end_partition=np.repeat(
-            part_ids, [len(s["head_doc"]) + len(s["tail_doc"]) for s in summaries]
+    end_ids = np.concatenate([s["end_ids"] for s in summaries])
+    if not stitch:  # only the partitions' own joins: each path stays whole
+        end_ids = np.full_like(end_ids, -1)
+    stitching = partition.plan_stitching(
+        fragment_partition=np.repeat(
+            np.arange(n_partitions), [len(s["fragment_start"]) for s in summaries]
         ),
-        end_is_head=np.concatenate(
-            [
-                np.r_[np.ones(len(s["head_doc"]), bool), np.zeros(len(s["tail_doc"]), bool)]
-                for s in summaries
-            ]
-        ),
+        fragment_start=np.concatenate([s["fragment_start"] for s in summaries]),
+        fragment_length=np.concatenate([s["fragment_length"] for s in summaries]),
+        end_doc=np.concatenate([s["end_doc"] for s in summaries]),
+        end_ids=end_ids,
+        end_sims=np.concatenate([s["end_sims"] for s in summaries]),
+        n_partitions=n_partitions,
     )
     sizes = [s["n_docs"] for s in summaries]
+    packed = np.bincount(stitching.home, weights=stitching.length, minlength=n_partitions)
     counts = {
         "ordered": int(sum(sizes)),
         "partitions": n_partitions,
         "partition_docs_min": int(min(sizes)),
         "partition_docs_max": int(max(sizes)),
-        "jumps_before_reattach": int(sum(s["jumps"] for s in summaries)),
-        "leftovers": int(sum(counts_single)),
-        "reattached": int(len(moves.doc)),
-        "reattached_across_partitions": int((moves.origin != moves.partition).sum()),
+        "jumps_before_stitching": int(sum(s["jumps"] for s in summaries)),
+        "fragments": int(sum(len(s["fragment_start"]) for s in summaries)),
+        "stitched_links": stitching.links,
+        "stitched_across_partitions": stitching.across,
+        "moved_docs": stitching.moved_docs(),
+        "packed_docs_min": int(packed.min()),
+        "packed_docs_max": int(packed.max()),
     }
-    return Ordered([t[0] for t in tasks], [t[1] for t in tasks], content, moves, counts)
+    return Ordered([t[0] for t in tasks], content, stitching, counts)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -968,27 +985,26 @@ def _rows_for(table: pa.Table, docs: np.ndarray) -> pa.Table:
 @ray.remote(num_returns=2)
 def _pack_task(
     path: pa.Table,
-    leaving: np.ndarray,
-    arriving: np.ndarray,
-    target: np.ndarray,
-    before: np.ndarray,
+    segments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    home: int,
     params: Params,
     label_field: str | None,
     n_content: int,
     *parts: pa.Table,
 ) -> tuple[pa.Table, dict[str, Any]]:
-    """Apply the moves, count tokens, pack, measure, and render the context rows.
+    """Lay out the chains, count tokens, pack, measure, and render the context rows.
 
-    `parts`: this partition's `n_content` content tables, then the leftover tables of the
-    partitions that send documents here, then those documents' content rows (one per sender).
+    `segments`: (origin, start, length, reverse) of this partition's chains in final order.
+    `parts`: this partition's `n_content` content tables, then the rows each partition that
+    sends segments here picked for it (`_pick_task`), senders in ascending order.
     """
-    n_senders = (len(parts) - n_content) // 2
-    senders_graph = parts[n_content : n_content + n_senders]
-    arrivals = _rows_for(pa.concat_tables([path.slice(0, 0), *senders_graph]), arriving)
-    final = partition.merge_moves(_column(path, "doc"), leaving, arriving, target, before)
-    graph = pa.concat_tables([path, arrivals]).take(pa.array(final))
+    received = parts[n_content:]
+    rows = partition.assembly(*segments, home, path.num_rows)
+    graph = pa.concat_tables([path, *[r.select(path.column_names) for r in received]]).take(
+        pa.array(rows)
+    )
     table = _rows_for(
-        pa.concat_tables([*parts[:n_content], *parts[n_content + n_senders :]]),
+        pa.concat_tables([*parts[:n_content], *[r.select(CONTENT_COLUMNS) for r in received]]),
         _column(graph, "doc"),
     )
     path_docs = _column(table, "doc")
@@ -1099,35 +1115,51 @@ def pack_stage(
     Returns:
         The file names, the per-partition summaries and the stage counts.
     """
-    moves = ordered.moves
-    n_partitions = len(ordered.paths)
+    layout = ordered.stitching
+    sent = layout.home != layout.origin
+    picked = {}
+    for origin in np.unique(layout.origin[sent]).tolist():
+        leaving = sent & (layout.origin == origin)
+        receivers = np.unique(layout.home[leaving]).tolist()
+        masks = [leaving & (layout.home == home) for home in receivers]
+        refs = _pick_task.options(num_returns=len(receivers)).remote(
+            [layout.start[m] for m in masks],
+            [layout.length[m] for m in masks],
+            [layout.reverse[m] for m in masks],
+            ordered.paths[origin],
+            *ordered.content[origin],
+        )
+        picked.update(
+            zip([(origin, h) for h in receivers], _refs(refs, len(receivers)), strict=True)
+        )
+    homes = np.unique(
+        layout.home
+    ).tolist()  # a partition whose chains all went elsewhere packs none
     tasks = []
-    picked = {
-        p: _pick_task.remote(moves.doc[moves.origin == p], *ordered.content[p])
-        for p in np.unique(moves.origin).tolist()
-    }
-    for p in range(n_partitions):
-        arriving = moves.partition == p
-        senders = np.unique(moves.origin[arriving]).tolist()
+    for home in homes:
+        mine = layout.home == home
+        senders = sorted(o for o, h in picked if h == home)
         tasks.append(
             _pack_task.remote(
-                ordered.paths[p],
-                np.sort(moves.doc[moves.origin == p]),
-                moves.doc[arriving],
-                moves.target[arriving],
-                moves.before[arriving],
+                ordered.paths[home],
+                (
+                    layout.origin[mine],
+                    layout.start[mine],
+                    layout.length[mine],
+                    layout.reverse[mine],
+                ),
+                home,
                 params,
                 label_field,
-                len(ordered.content[p]),
-                *ordered.content[p],
-                *[ordered.singles[o] for o in senders],
-                *[picked[o] for o in senders],
+                len(ordered.content[home]),
+                *ordered.content[home],
+                *[picked[(o, home)] for o in senders],
             )
         )
     summaries = []
     for done, (_, summary_ref) in enumerate(tasks, start=1):
         summaries.append(_get(summary_ref))
-        report(done, n_partitions + 1)
+        report(done, len(tasks) + 1)
     n_contexts = sum(s["n_contexts"] for s in summaries)
     if params.shuffle:
         new_ids = np.random.default_rng(params.seed).permutation(n_contexts)
@@ -1152,7 +1184,7 @@ def pack_stage(
             for j, name in enumerate(names)
         ]
     )
-    report(n_partitions + 1, n_partitions + 1)
+    report(len(tasks) + 1, len(tasks) + 1)
     counts = {
         "contexts": n_contexts,
         "files": n_files,
@@ -1333,7 +1365,7 @@ def _run_stages(
         options.partitions, corpus.n_documents - len(removed.doc), knn_counts["ivf_lists"]
     )
     ordered = order_stage(
-        searched, doc_list, removed, params, n_partitions, options.reattach, progress("order")
+        searched, doc_list, removed, params, n_partitions, options.stitch, progress("order")
     )
     timed("order", ordered.counts, started)
 
