@@ -185,6 +185,11 @@ def _zoom_to(fig: go.Figure, path: pd.DataFrame, points: pd.DataFrame) -> None:
     fig.update_yaxes(range=[path["y"].min() - pad, path["y"].max() + pad])
 
 
+def _line_trace(xs: list, ys: list, name: str, line: dict) -> go.Scatter:
+    """Line segments (None-separated coordinates) as one legend entry, without hover."""
+    return go.Scatter(x=xs, y=ys, mode="lines", name=name, hoverinfo="skip", line=line)
+
+
 def _segments(path: pd.DataFrame, mask: np.ndarray) -> tuple[list, list]:
     """x, y lists of the steps into the rows where `mask` holds, separated by None."""
     xs, ys = [], []
@@ -204,16 +209,7 @@ def _add_path(fig: go.Figure, path: pd.DataFrame) -> None:
     ):
         xs, ys = _segments(path, mask)
         if xs:
-            fig.add_trace(
-                go.Scatter(
-                    x=xs,
-                    y=ys,
-                    mode="lines",
-                    name=name,
-                    hoverinfo="skip",
-                    line=dict(color=color, width=2.5, dash=dash),
-                )
-            )
+            fig.add_trace(_line_trace(xs, ys, name, dict(color=color, width=2.5, dash=dash)))
     fig.add_trace(
         go.Scatter(
             x=path["x"],
@@ -255,16 +251,8 @@ def neighborhood_figure(nodes: pd.DataFrame, edges: pd.DataFrame, center: int) -
             xs += [position.at[a, "x"], position.at[b, "x"], None]
             ys += [position.at[a, "y"], position.at[b, "y"], None]
         if xs:
-            fig.add_trace(
-                go.Scatter(
-                    x=xs,
-                    y=ys,
-                    mode="lines",
-                    hoverinfo="skip",
-                    name=f"kNN edge, sim {max(low, 0):.1f}–{min(high, 1):.1f}",
-                    line=dict(color="#9e9e9e", width=width),
-                )
-            )
+            name = f"kNN edge, sim {max(low, 0):.1f}–{min(high, 1):.1f}"
+            fig.add_trace(_line_trace(xs, ys, name, dict(color="#9e9e9e", width=width)))
     for is_jump, color, dash, name in (
         (False, PATH_COLOR, "solid", "ordering step"),
         (True, JUMP_COLOR, "dash", "jump (not a kNN edge)"),
@@ -292,16 +280,7 @@ def neighborhood_figure(nodes: pd.DataFrame, edges: pd.DataFrame, center: int) -
                 text="",
             )
         if xs:
-            fig.add_trace(
-                go.Scatter(
-                    x=xs,
-                    y=ys,
-                    mode="lines",
-                    name=name,
-                    hoverinfo="skip",
-                    line=dict(color=color, width=3, dash=dash),
-                )
-            )
+            fig.add_trace(_line_trace(xs, ys, name, dict(color=color, width=3, dash=dash)))
     # similarity on hover at each edge's midpoint, and printed for the chosen document's edges
     mid_x = [
         (position.at[a, "x"] + position.at[b, "x"]) / 2
