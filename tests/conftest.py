@@ -60,6 +60,23 @@ def tiny_jsonl(tmp_path: Path) -> Path:
 
 TINY_PARAMS = Params(k=4, context_length=64, dedup_threshold=0.95)
 
+# b is a near-copy of a (cosine about 0.985 with the packaged model); c is unrelated
+DUPLICATE_ROWS = [
+    {"id": "a", "text": "The cat sat on the warm windowsill all afternoon."},
+    {"id": "b", "text": "the cat sat on the warm windowsill all afternoon"},
+    {"id": "c", "text": "Quarterly revenue grew by eight percent."},
+]
+
+
+def run_duplicate_corpus(folder: Path) -> Path:
+    """A workspace with DUPLICATE_ROWS ingested and every stage run (TINY_PARAMS)."""
+    corpus = write_jsonl(folder / "dup.jsonl", DUPLICATE_ROWS)
+    path = folder / "w.duckdb"
+    with Workspace(path) as ws:
+        pipeline.ingest(ws, [str(corpus)], TINY_PARAMS)
+        pipeline.run(ws, TINY_PARAMS)
+    return path
+
 
 @pytest.fixture(scope="session")
 def tiny_workspace_template(tmp_path_factory) -> Path:

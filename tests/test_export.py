@@ -103,18 +103,9 @@ def test_manifest_and_side_files(tiny_workspace, tmp_path):
 
 
 def test_duplicates_are_exported(tmp_path):
-    from icp_core import pipeline
-    from tests.conftest import write_jsonl
+    from tests.conftest import run_duplicate_corpus
 
-    rows = [
-        {"id": "a", "text": "The cat sat on the warm windowsill all afternoon."},
-        {"id": "b", "text": "the cat sat on the warm windowsill all afternoon"},
-        {"id": "c", "text": "Quarterly revenue grew by eight percent."},
-    ]
-    corpus = write_jsonl(tmp_path / "d.jsonl", rows)
-    with Workspace(tmp_path / "w.duckdb") as ws:
-        pipeline.ingest(ws, [str(corpus)], TINY_PARAMS)
-        pipeline.run(ws, TINY_PARAMS)
+    with Workspace(run_duplicate_corpus(tmp_path)) as ws:
         export_contexts(ws, TINY_PARAMS, tmp_path / "out", "jsonl")
     lines = (tmp_path / "out" / "duplicates.jsonl").read_text().splitlines()
     [duplicate] = [json.loads(line) for line in lines]

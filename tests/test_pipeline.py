@@ -10,7 +10,7 @@ from icp_core import pipeline, stages
 from icp_core.errors import IcpError
 from icp_core.params import Params
 from icp_core.workspace import Workspace
-from tests.conftest import TINY_PARAMS, write_jsonl
+from tests.conftest import TINY_PARAMS, run_duplicate_corpus, write_jsonl
 
 
 def statuses(outcomes) -> dict[str, str]:
@@ -84,15 +84,7 @@ def test_one_document(tmp_path):
 
 
 def test_duplicates_are_removed_recorded_and_accounted_for(tmp_path):
-    rows = [
-        {"id": "a", "text": "The cat sat on the warm windowsill all afternoon."},
-        {"id": "b", "text": "the cat sat on the warm windowsill all afternoon"},
-        {"id": "c", "text": "Quarterly revenue grew by eight percent."},
-    ]
-    corpus = write_jsonl(tmp_path / "dup.jsonl", rows)
-    with Workspace(tmp_path / "w.duckdb") as ws:
-        pipeline.ingest(ws, [str(corpus)], TINY_PARAMS)
-        pipeline.run(ws, TINY_PARAMS)
+    with Workspace(run_duplicate_corpus(tmp_path)) as ws:
         dup = ws.arrow("SELECT doc, kept_doc, sim FROM duplicates").to_pylist()
         assert [(d["doc"], d["kept_doc"]) for d in dup] == [(1, 0)] and dup[0]["sim"] > 0.95
         result = stages.latest_metrics(ws, TINY_PARAMS)
