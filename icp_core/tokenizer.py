@@ -240,7 +240,10 @@ class TiktokenTokenizer(LMTokenizer):
 
 
 class SentencePieceTokenizer(LMTokenizer):
-    """A SentencePiece `.model`; control symbols in text stay text."""
+    """A SentencePiece `.model`; control symbols (`<s>`, `</s>`) in text stay text.
+
+    SentencePiece always matches a model's *user-defined* symbols in text; LM models rarely
+    have any (Mistral's have none)."""
 
     def __init__(self, info: TokenizerInfo, processor) -> None:
         self.info, self._sp = info, processor
@@ -296,12 +299,15 @@ class SentencePieceTokenizer(LMTokenizer):
 
     def special_id(self, token: str) -> int | None:
         token_id = self._sp.piece_to_id(token)
-        special = self._sp.is_control(token_id) or self._sp.is_user_defined(token_id)
-        return token_id if token_id != self._sp.unk_id() and special else None
+        return token_id if self._sp.is_control(token_id) else None
 
 
 def _close_starts(starts: np.ndarray, length: int) -> np.ndarray:
-    return np.append(np.minimum(starts, length), length).astype(np.int64)
+    """Clip to the text, start at 0 (text a tokenizer skips, like leading spaces, belongs to
+    the first token) and end with the text's length."""
+    starts = np.append(np.minimum(starts, length), length).astype(np.int64)
+    starts[0] = 0
+    return starts
 
 
 # ---------------------------------------------------------------------------------------------
