@@ -1,8 +1,10 @@
 """Stage adapters: read the workspace in bulk, call the pure stage function, write one table.
 
-Each `run_<stage>(ws, params, report)` returns its counts (named where the decision is made);
-`<stage>_key(params)` names what its output depends on besides upstream stages. `pipeline.py`
-decides when to run them.
+Each `run_<stage>(ws, params, report)` returns its counts (named where the decision is made).
+`pipeline.STAGES` declares the parameters each stage reads; where a parameter's effective
+value differs from how it is spelled (a model folder's content, `auto` index), a
+`<stage>_resolve(ws, values)` turns the read values into that value. `pipeline.py` decides
+when to run them.
 """
 
 from __future__ import annotations
@@ -164,8 +166,10 @@ def _embedding_model_key(params: Params) -> str:
     return embed.model_key(str(path), params.max_tokens)
 
 
-def embed_key(params: Params) -> dict:
-    return {"model_key": _embedding_model_key(params)}
+def embed_resolve(ws: Workspace, values: dict[str, Any]) -> dict[str, Any]:
+    """The vectors' identity: the model folder's content and truncation, or the vectors file's
+    content, so the same model under another path is not embedded again."""
+    return {"model_key": _embedding_model_key(Params(**values))}
 
 
 def run_embed(ws: Workspace, params: Params, report: Report = _noop) -> dict:
@@ -267,8 +271,11 @@ def read_vectors(ws: Workspace) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def knn_key(params: Params) -> dict:
-    return {"index": params.index}
+def knn_resolve(ws: Workspace, values: dict[str, Any]) -> dict[str, Any]:
+    """The index that runs (`auto` resolved at this corpus size); the seed only where the
+    index uses it (the IVF training sample), so a new seed does not redo an exact search."""
+    index = knn.resolve_index(values["index"], ws.n_documents())
+    return {"index": index, "seed": values["seed"] if index in knn.SEEDED_INDEXES else None}
 
 
 def knn_covers(stored: dict, params: Params) -> bool:
@@ -346,10 +353,6 @@ def restrict_graph(
 # ---------------------------------------------------------------------------------------------
 
 
-def dedup_key(params: Params) -> dict:
-    return {"k": params.k, "dedup_threshold": params.dedup_threshold}
-
-
 def run_dedup(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     ids, sims = read_neighbors(ws, params.k)
     if params.dedup_threshold is None:
@@ -379,10 +382,6 @@ def run_dedup(ws: Workspace, params: Params, report: Report = _noop) -> dict:
 # ---------------------------------------------------------------------------------------------
 # order
 # ---------------------------------------------------------------------------------------------
-
-
-def order_key(params: Params) -> dict:
-    return {"order": params.order, "k": params.k, "seed": params.seed}
 
 
 def kept_documents(ws: Workspace, include_order_drops: bool = False) -> np.ndarray:
@@ -490,15 +489,11 @@ def lm_tokenizer(params: Params) -> tokenizer.LMTokenizer:
     return tokenizer.load(params.tokenizer)
 
 
-def pack_key(params: Params) -> dict:
-    return {
-        "tokenizer_key": lm_tokenizer(params).key,
-        "separator": params.separator,
-        "context_length": params.context_length,
-        "pack": params.pack,
-        "shuffle": params.shuffle,
-        "seed": params.seed,
-    }
+def pack_resolve(ws: Workspace, values: dict[str, Any]) -> dict[str, Any]:
+    """The tokenizer by the ids it produces (its file's content), not by its spelling."""
+    resolved = dict(values)
+    resolved["tokenizer_key"] = tokenizer.load(resolved.pop("tokenizer")).key
+    return resolved
 
 
 def _cache_token_ids(ws: Workspace, lm: tokenizer.LMTokenizer, report: Report) -> None:
@@ -600,10 +595,6 @@ def read_packing(ws: Workspace) -> pack.Packing:
 # ---------------------------------------------------------------------------------------------
 # metrics
 # ---------------------------------------------------------------------------------------------
-
-
-def metrics_key(params: Params) -> dict:
-    return {"label_field": params.label_field}
 
 
 def resolve_label_field(ws: Workspace, label_field: str | None) -> str | None:
@@ -835,7 +826,7 @@ def check_invariants(ws: Workspace) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def layout_key(params: Params) -> dict:
+def layout_resolve(ws: Workspace, values: dict[str, Any]) -> dict[str, Any]:
     return {"n_neighbors": layout.LAYOUT_NEIGHBORS, "method": "umap"}
 
 
