@@ -11,7 +11,10 @@ export never leaves a partial result under the final name. Formats:
   another context), `input_ids` (the context's token ids, exactly what the token file holds
   for it, without padding), `doc_lengths` (tokens of each document piece, its separator
   included; they sum to len(input_ids)), `doc_token_start`/`doc_token_end` (which tokens of
-  each document the piece holds), `n_tokens`.
+  each document the piece holds), `n_tokens`. `text` is for reading: where a context boundary
+  falls inside a character that a byte-level tokenizer spread over several tokens, the
+  character appears whole in the next context's `text`, while decoding `input_ids` shows its
+  partial bytes (U+FFFD) at the cut.
 - `tokens`: `tokens.ds` (token ids back to back, every context exactly `context_length`
   tokens: `split` contexts are full but for the last, `whole` ones padded with the recorded
   pad id) with `tokens.ds.index` (uint64 end of every document piece and padding run: the
@@ -568,6 +571,7 @@ def export_contexts(
             extra={
                 "export": {"shard_size": shard_size, "drop_last": drop_last},
                 "dropped_last": plan.dropped_last,
+                "run": {"stages": _stage_summaries(ws)},
             },
         )
         manifest.write(staging, result)
@@ -581,7 +585,8 @@ def resolved_parameters(ws: Workspace, params: Params) -> dict[str, Any]:
     resolved = params.to_dict()
     embed_counts = (ws.stage_state("embed") or {}).get("counts") or {}
     knn_counts = (ws.stage_state("knn") or {}).get("counts") or {}
-    resolved["device"] = embed_counts.get("device") or params.device
+    # with imported vectors no model ran: no device
+    resolved["device"] = None if params.vectors else embed_counts.get("device") or params.device
     resolved["index"] = knn_counts.get("index") or params.index
     name, path = tokenizer.resolve(params.tokenizer)
     resolved["tokenizer"] = name if name in tokenizer.BUILTINS else str(path)
@@ -591,6 +596,15 @@ def resolved_parameters(ws: Workspace, params: Params) -> dict[str, Any]:
     if params.max_tokens is None and not params.vectors:
         resolved["max_tokens"] = embed_counts.get("max_tokens")
     return resolved
+
+
+def _stage_summaries(ws: Workspace) -> list[dict[str, Any]]:
+    """Each stage's last counts and when it ran (the local counterpart of Ray's stage list)."""
+    summaries = []
+    for stage in ("ingest", "embed", "knn", "dedup", "order", "pack", "metrics"):
+        state = ws.stage_state(stage) or {}
+        summaries.append({"stage": stage, "counts": state.get("counts")})
+    return summaries
 
 
 def input_sources(ws: Workspace) -> list[dict[str, Any]]:
