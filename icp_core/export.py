@@ -374,9 +374,7 @@ def _write_shards(
                 if fmt == "parquet":
                     handle(shard).write_table(part)
                 else:
-                    handle(shard).write(
-                        b"".join(orjson.dumps(row) + b"\n" for row in part.to_pylist())
-                    )
+                    handle(shard).write(_jsonl_lines(part))
         for shard in range(len(names)):  # no contexts at all: one empty shard
             if shard not in handles and fmt == "parquet":
                 handle(shard).write_table(CONTEXT_SCHEMA.empty_table())
@@ -385,6 +383,25 @@ def _write_shards(
         for opened in handles.values():
             opened.close()
     return names
+
+
+def _jsonl_lines(table: pa.Table) -> bytes:
+    """Rows of a `CONTEXT_SCHEMA` table as JSON lines. The long token lists go to orjson as
+    numpy slices (serialised in C), not as lists of Python ints."""
+    columns = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if pa.types.is_list(column.type) and pa.types.is_integer(column.type.value_type):
+            values = column.flatten().to_numpy()
+            offsets = column.offsets.to_numpy()
+            columns[name] = [values[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        else:
+            columns[name] = column.to_pylist()
+    names = list(columns)
+    return b"".join(
+        orjson.dumps(dict(zip(names, row, strict=True)), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+        for row in zip(*columns.values(), strict=True)
+    )
 
 
 def write_dataset_card(folder: Path, fmt: str, context_length: int, lm: LMTokenizer) -> None:

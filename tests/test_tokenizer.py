@@ -187,3 +187,14 @@ def test_icp_tokenizers_lists_the_built_ins_with_licences():
     for name in tokenizer.BUILTINS:
         assert name in result.stdout
     assert "Apache-2.0" in result.stdout and "(default)" in result.stdout
+
+
+@settings(max_examples=40, deadline=None)
+@given(text=st.text(min_size=1, max_size=40))
+def test_tiktoken_char_starts_match_tiktokens_own_offsets(text):
+    """The array arithmetic in `char_starts` against tiktoken's `decode_with_offsets`."""
+    lm = tokenizer.load("mistral-tekken")
+    encoding = lm._encoding
+    _, offsets = encoding.decode_with_offsets(encoding.encode_ordinary(text))
+    expected = [0, *offsets[1:], len(text)] if offsets else [0]
+    assert lm.char_starts(text).tolist() == expected
