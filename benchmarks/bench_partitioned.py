@@ -93,9 +93,8 @@ def score_ray_output(local_ws: Path, out: Path, params: Params, folder: Path) ->
     shutil.copy(local_ws, copy)
     with Workspace(copy) as ws:
         removed_local = set(ws.column("SELECT d.id FROM duplicates JOIN documents d USING (doc)"))
-        removed_ray = {
-            json.loads(line)["id"] for line in (out / "removed" / "duplicates.jsonl").read_text().splitlines()
-        }
+        duplicates = (out / "removed" / "duplicates.jsonl").read_text().splitlines()
+        removed_ray = {json.loads(line)["id"] for line in duplicates}
         if removed_local != removed_ray:
             raise SystemExit(
                 f"the engines removed different duplicates ({len(removed_local ^ removed_ray)} "

@@ -17,7 +17,7 @@ The stages call the same pure functions as the local engine; only where the data
   own task and cut into fragments; the driver stitches fragment ends across partitions from the
   ends' kNN lists (see `partition.py`).
 - pack: `pack.pack_contexts` per partition, on the chains of fragments it was given; context ids
-  are one global permutation; writer tasks write `contexts-XXXXX-of-YYYYY.parquet`, each
+  are one global permutation; writer tasks write `data/train-XXXXX-of-YYYYY.parquet`, each
   holding a range of the shuffled ids.
 
 Intermediate tables travel through the Ray object store (spilled to disk when full). Input
@@ -1336,8 +1336,8 @@ def run_pipeline(
 ) -> tuple[list[StageOutcome], dict[str, Any]]:
     """Run ingest .. pack on Ray and write the export folder `out`.
 
-    `out` receives what `icp export --format parquet` writes (context rows, duplicates.jsonl,
-    rejects.jsonl, manifest.json), the contexts split over `contexts-*-of-*.parquet` files, plus
+    `out` receives what `icp export --format parquet` writes (context rows, removed/,
+    the dataset card, manifest.json), the contexts split over `data/train-*-of-*.parquet` shards, plus
     `embeddings.parquet/` when the run embedded (pass it back as --vectors to skip that).
 
     Returns:
