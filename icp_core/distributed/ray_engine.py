@@ -1336,8 +1336,8 @@ def run_pipeline(
 ) -> tuple[list[StageOutcome], dict[str, Any]]:
     """Run ingest .. pack on Ray and write the export folder `out`.
 
-    `out` receives what `icp export --format parquet` writes (context rows, removed/,
-    the dataset card, manifest.json), the contexts split over `data/train-*-of-*.parquet` shards, plus
+    `out` receives what `icp export --format parquet` writes (context rows in
+    `data/train-*-of-*.parquet` shards, removed/, the dataset card, manifest.json), plus
     `embeddings.parquet/` when the run embedded (pass it back as --vectors to skip that).
 
     Returns:
