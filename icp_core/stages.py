@@ -567,6 +567,7 @@ def run_pack(ws: Workspace, params: Params, report: Report = _noop) -> dict:
         crash_point("pack.commit")
     fill = packing.context_tokens()
     return {
+        "tokenizer": lm_tokenizer(params).info.name,  # said on every run: which LM's tokens
         "contexts": packing.n_contexts,
         "pieces": int(len(packing.doc)),
         "split_documents": int(len(packing.doc) - len(np.unique(packing.doc))),
