@@ -60,13 +60,15 @@ def run_ingest(
     """Add the documents of `inputs`; every row becomes a document, an update or a reject.
 
     A source whose content is what was last ingested from some path (with the same text and
-    id fields) adds nothing. Otherwise each row is matched by id against the workspace:
-    a new id adds a document; a known id from the same file with the same text and fields is
-    unchanged (not a reject); a known id whose text or fields differ replaces the stored
-    document in place (same doc number) with `update`, else is rejected with "pass
-    --update"; a known id from another file is a duplicate-id reject (also replaced with
-    `update`). A re-read file's earlier rejects are replaced by this read's, so a row fixed by
-    a retry (say, with the right --text-field) is no longer also counted as rejected.
+    id fields) is skipped, unless `update` (so that rows a read rejected as differing can be
+    replaced by running it again with --update). Otherwise each row is matched by id:
+    - a new id adds a document;
+    - a known id from the same file with the same text and fields is unchanged (no reject);
+    - a known id whose text or fields differ replaces the stored document in place (same
+      doc number) with `update`, else is rejected with "...; pass --update";
+    - a known id from another file is a duplicate-id reject (replaced with `update`).
+    A re-read source's earlier rejects are replaced by this read's, so a row fixed by a retry
+    (say, with the right --text-field) is no longer also counted as rejected.
     """
     counts = {
         "documents": 0,
@@ -83,7 +85,8 @@ def run_ingest(
     seen: set[str] = set()
     for number, path in enumerate(inputs, start=1):
         content_hash = source_fingerprint(Path(path))
-        if content_hash in seen or (content_hash, params.text_field, params.id_field) in current:
+        read_before = (content_hash, params.text_field, params.id_field) in current
+        if content_hash in seen or (read_before and not update):
             counts["sources_skipped"] += 1
             log.info("ingest: %s already ingested, skipped", path)
             continue
