@@ -378,7 +378,9 @@ def file_problem(head: bytes, kind: str, compressed: bool) -> str | None:
     if head.startswith(b"PAR1") and kind != "parquet":
         return f"a Parquet file, not {kind}; give it a .parquet name"
     if head.startswith(b"\x1f\x8b") and not compressed:
-        return "gzip-compressed; add .gz to the file name"
+        # .txt/.md files are read uncompressed only
+        fix = "gunzip it" if kind == "text" else "add .gz to the file name"
+        return f"gzip-compressed; {fix}"
     return None
 
 

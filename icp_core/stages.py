@@ -927,11 +927,21 @@ def latest_metrics(ws: Workspace, params: Params) -> dict[str, Any]:
 def check_invariants(ws: Workspace) -> list[str]:
     """Problems found (empty = all good): every input row is a kept document, a recorded
     duplicate or a reject; every kept document is in the path once and its tokens are packed
-    exactly once; no context exceeds the context length."""
+    exactly once; no context exceeds the context length; no input row is both a document
+    and a reject."""
     problems = []
+    both = ws.one(
+        """SELECT count(*), min(r.source || ':' || r.line) FROM rejects r
+           JOIN documents d ON d.source = r.source AND d.line = r.line"""
+    )
+    if both[0]:
+        problems.append(
+            f"{both[0]} input rows are both a document and a reject (first: {both[1]}); "
+            "ingest that file again with the --text-field/--id-field it was ingested with"
+        )
     for table in ("ordering", "contexts", "duplicates", "order_drops"):
         if not ws.has_table(table):
-            return [f"table {table} missing: run `icp run` first"]
+            return [*problems, f"table {table} missing: run `icp run` first"]
     n_docs = ws.n_documents()
     removed = ws.column("SELECT doc FROM duplicates UNION ALL SELECT doc FROM order_drops")
     ordered = ws.column("SELECT doc FROM ordering")

@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from icp_core import pipeline
+from icp_core import pipeline, stages
 from icp_core.errors import IcpError
 from icp_core.ingest import csv_records, ends_inside_quotes, parse_source
 from icp_core.params import Params
@@ -329,6 +329,20 @@ class TestEditsAndRetries:
         retry = ingest(tmp_path / "w.duckdb", path, text_field="body")
         assert (retry["documents"], retry["rejected"], retry["rejects_cleared"]) == (3, 0, 3)
         assert retry["total_rejected"] == 0 and rejects(tmp_path / "w.duckdb") == []
+
+    def test_check_catches_a_row_both_kept_and_rejected(self, tmp_path):
+        """Reading a file again with another --text-field rejects rows that are documents;
+        `check` says so, and reading it with the first field again clears it."""
+        path = write_jsonl(tmp_path / "d.jsonl", [{"body": "one"}, {"body": "two"}])
+        ingest(tmp_path / "w.duckdb", path, text_field="body")
+        assert ingest(tmp_path / "w.duckdb", path)["rejected"] == 2
+        with Workspace(tmp_path / "w.duckdb") as ws:
+            assert stages.check_invariants(ws)[0] == (
+                f"2 input rows are both a document and a reject (first: {path}:1); "
+                "ingest that file again with the --text-field/--id-field it was ingested with"
+            )
+        again = ingest(tmp_path / "w.duckdb", path, text_field="body")
+        assert (again["unchanged"], again["rejects_cleared"], again["total_rejected"]) == (2, 2, 0)
 
     def test_when_every_row_is_rejected_run_names_count_and_reasons(self, tmp_path):
         path = write_jsonl(tmp_path / "x.jsonl", [{"body": f"text {i}"} for i in range(12)])
