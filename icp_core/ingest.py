@@ -375,7 +375,7 @@ def file_problem(head: bytes, kind: str, compressed: bool) -> str | None:
     """Why a file whose (decompressed) content starts with `head` is not of `kind`, or None."""
     if head.startswith(_UTF16_BOMS):
         return "UTF-16 text (byte-order mark); convert the file to UTF-8 (iconv -f UTF-16 -t UTF-8)"
-    if head.startswith(b"PAR1") and kind != "parquet":
+    if head.startswith(b"PAR1") and kind in ("jsonl", "csv"):  # a text may start so
         return f"a Parquet file, not {kind}; give it a .parquet name"
     if head.startswith(b"\x1f\x8b") and not compressed:
         # .txt/.md files are read uncompressed only

@@ -130,7 +130,13 @@ class _RowFates:
     unchanged: int
 
 
+TEXT_DIFFERS = "text differs from the stored document; pass --update"
+FIELDS_DIFFER = "fields other than the text differ from the stored document; pass --update"
+
+
 def _row_fates(ws: Workspace, parsed: ParsedSource, hashes: list[str], update: bool) -> _RowFates:
+    """Match a parse's rows by id against each other and the stored documents (the rules are
+    `run_ingest`'s); `hashes` are the rows' text hashes."""
     candidate = pa.table(
         {"row": np.arange(len(parsed.ids)), "id": pa.array(parsed.ids, pa.string())}
     )
@@ -174,11 +180,9 @@ def _row_fates(ws: Workspace, parsed: ParsedSource, hashes: list[str], update: b
             first_place = f"{match['source']}:{match['line']}"
             rejected[row] = f"duplicate id '{parsed.ids[row]}' (first at {first_place})"
         elif not same_text:
-            rejected[row] = "text differs from the stored document; pass --update"
+            rejected[row] = TEXT_DIFFERS
         else:
-            rejected[row] = "fields other than the text differ from the stored document; " + (
-                "pass --update"
-            )
+            rejected[row] = FIELDS_DIFFER
     new = [row for row in range(len(parsed.ids)) if row not in known and row not in rejected]
     return _RowFates(rejected, new, replaced, moved, unchanged)
 
