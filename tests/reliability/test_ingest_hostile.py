@@ -165,6 +165,24 @@ class TestCsvRecords:
         got = [r.fields for r in records[1:]]
         assert got == [[f"r{i}", text] for i, (_, text) in enumerate(rows)]
 
+    @settings(
+        max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    )
+    @given(st.lists(st.text(alphabet='1a ,"\xe9', max_size=10), min_size=1, max_size=8))
+    def test_any_csv_body_is_accounted_for_line_by_line(self, tmp_path, lines):
+        """Whatever the quoting and bytes after a good header: no exception; documents and
+        rejects start at distinct lines that hold something, the first such line among them
+        (nothing before the first record is swallowed)."""
+        body = "\n".join(lines).encode("latin-1")  # \xe9 alone is not UTF-8
+        path = tmp_path / "f.csv"
+        path.write_bytes(b"id,text\n" + body + b"\n")
+        parsed = parse_source(path)
+        starts = sorted([*parsed.lines, *(r.line for r in parsed.rejects)])
+        assert len(starts) == len(set(starts)) and all(s >= 2 for s in starts)
+        filled = [n for n, line in enumerate(lines, start=2) if line.strip()]
+        assert not filled or starts[0] == filled[0]
+        assert set(starts) <= set(filled)
+
     def test_quote_scanner(self):
         assert ends_inside_quotes(b'1,"open\n', b",", False)
         assert not ends_inside_quotes(b'1,"a ""b"" c"\n', b",", False)
