@@ -171,6 +171,13 @@ def ingest(
     workspace: WorkspaceOpt,
     text_field: TextFieldOpt = None,
     id_field: IdFieldOpt = None,
+    update: Annotated[
+        bool,
+        typer.Option(
+            "--update",
+            help="Replace stored documents whose text or fields changed under the same id.",
+        ),
+    ] = False,
     wait: WaitOpt = 0.0,
 ) -> None:
     """Add documents; bad rows go to the `rejects` table with file, line and reason."""
@@ -178,7 +185,9 @@ def ingest(
 
     with _open(workspace, wait) as ws:
         params = _params(ws, text_field=text_field, id_field=id_field)
-        outcome = pipeline.ingest(ws, [str(p) for p in inputs], params, _progress_factory())
+        outcome = pipeline.ingest(
+            ws, [str(p) for p in inputs], params, _progress_factory(), update=update
+        )
         with ws.transaction():
             ws.save_settings({"text_field": params.text_field, "id_field": params.id_field})
     counts = outcome.counts
@@ -187,9 +196,12 @@ def ingest(
         if counts["sources_skipped"]
         else ""
     )
+    changed = "".join(
+        f", {counts[key]} {key}" for key in ("updated", "unchanged") if counts.get(key)
+    )
     typer.echo(
-        f"{counts['documents']} documents, {counts['rejected']} rejected (see rejects){skipped}; "
-        f"workspace holds {counts['total_documents']} documents"
+        f"{counts['documents']} documents, {counts['rejected']} rejected (see rejects)"
+        f"{changed}{skipped}; workspace holds {counts['total_documents']} documents"
     )
 
 

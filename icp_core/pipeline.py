@@ -124,16 +124,24 @@ def ingest(
     inputs: list[str],
     params: Params,
     progress: ProgressFactory = _no_progress,
+    update: bool = False,
 ) -> StageOutcome:
-    """Add documents from `inputs` and record the documents table's fingerprint."""
+    """Add documents from `inputs` (replacing changed ones with `update`, see
+    `stages.run_ingest`) and record the documents table's fingerprint."""
     started = time.time()
-    counts = stages.run_ingest(ws, inputs, params, progress("ingest"))
+    counts = stages.run_ingest(ws, inputs, params, progress("ingest"), update)
     state = stages.ingest_fingerprint_source(ws)
     status = "ran" if counts["sources_added"] else "skipped"
     with ws.transaction():
         ws.set_stage_state("ingest", fingerprint(state), state, counts)
         ws.record_run(
-            "ingest", status, fingerprint(state), {"inputs": inputs}, counts, started, time.time()
+            "ingest",
+            status,
+            fingerprint(state),
+            {"inputs": inputs, "update": update},
+            counts,
+            started,
+            time.time(),
         )
     log.info("ingest: %s", counts)
     return StageOutcome("ingest", status, time.time() - started, counts)
@@ -155,15 +163,14 @@ def run(
         force: True re-runs every stage; a tuple names the stages to re-run.
 
     Raises:
-        IcpError: no documents yet, or a stage's input problem.
+        IcpError: no documents yet (naming the rejects when every row was rejected), or a
+            stage's input problem.
     """
     if until not in STAGE_NAMES[1:]:
         raise IcpError(f"unknown stage '{until}'")
     params = params.validate()
     if ws.stage_state("ingest") is None or ws.n_documents() == 0:
-        raise IcpError(
-            f"{ws.path}: no documents ingested yet; run `icp ingest FILE --workspace {ws.path}`"
-        )
+        raise IcpError(stages.no_documents_message(ws))
     with ws.transaction():
         ws.save_settings(params.to_dict())
     outcomes = []

@@ -58,7 +58,7 @@ from icp_core import (
 )
 from icp_core.distributed import partition
 from icp_core.errors import IcpError
-from icp_core.ingest import detect_format, parse_source
+from icp_core.ingest import check_input, detect_format, parse_source
 from icp_core.params import Params
 from icp_core.pipeline import StageOutcome
 
@@ -292,8 +292,7 @@ def _number_task(table: pa.Table, drop_rows: np.ndarray, first_doc: int) -> pa.T
 def ingest_stage(inputs: list[str], params: Params, report: Report) -> Corpus:
     """Parse every input in parallel; reject repeated ids like the local ingest does."""
     for path in inputs:
-        if not Path(path).exists():
-            raise IcpError(f"{path}: no such file or folder")
+        check_input(Path(path))  # missing, dangling or not a regular file: one line, unopened
         detect_format(Path(path))
     label_field = params.label_field or "label"
     parsed = [
