@@ -41,6 +41,8 @@ class Stage:
     resolve: turns those values (only those) into their effective form for the key, where
         spelling and effect differ (`auto`, a model folder's content); None: the values.
     covers: whether a stored result serves these parameters too (kNN lists searched deeper).
+    records: values derived from the parameters that readers of the stage's output need,
+        stored next to its key (kNN depth; the separator and pad ids).
     """
 
     name: str
@@ -50,6 +52,7 @@ class Stage:
     tables: tuple[str, ...]
     resolve: Callable[[Workspace, dict[str, Any]], dict[str, Any]] | None = None
     covers: Callable[[dict, Params], bool] | None = None
+    records: Callable[[Params], dict[str, Any]] | None = None
 
     def key(self, ws: Workspace, params: Params) -> dict[str, Any]:
         values = {name: getattr(params, name) for name in self.reads}
@@ -73,6 +76,7 @@ STAGES: tuple[Stage, ...] = (
         ("neighbors",),
         stages.knn_resolve,
         stages.knn_covers,  # k: lists are stored deeper than asked
+        stages.knn_records,
     ),
     Stage("dedup", ("knn",), ("k", "dedup_threshold"), stages.run_dedup, ("duplicates",)),
     Stage(
@@ -85,6 +89,7 @@ STAGES: tuple[Stage, ...] = (
         stages.run_pack,
         ("contexts",),
         stages.pack_resolve,
+        records=stages.pack_records,
     ),
     Stage(
         "metrics",
@@ -204,7 +209,7 @@ def _run_stage(
             )
             return StageOutcome(stage.name, "skipped", time.time() - started, state["counts"])
     counts = stage.run(ws, params, progress(stage.name))
-    stored = dict(key, **counts.pop("_stored", {}))
+    stored = dict(key, **(stage.records(params) if stage.records else {}))
     stage_fp = fingerprint(stored)
     with ws.transaction():
         ws.set_stage_state(stage.name, stage_fp, stored, counts)

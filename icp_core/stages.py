@@ -432,6 +432,11 @@ def knn_resolve(ws: Workspace, values: dict[str, Any]) -> dict[str, Any]:
     return {"index": index, "seed": values["seed"] if index in knn.SEEDED_INDEXES else None}
 
 
+def knn_records(params: Params) -> dict[str, Any]:
+    """Kept with the kNN key: how deep the lists were searched (`knn_covers` reads it)."""
+    return {"k_max": max(params.k, KNN_MIN_STORED)}
+
+
 def knn_covers(stored: dict, params: Params) -> bool:
     """Stored lists serve any k up to the depth they were searched at."""
     return stored.get("k_max", 0) >= params.k
@@ -457,7 +462,6 @@ def run_knn(ws: Workspace, params: Params, report: Report = _noop) -> dict:
         "documents": int(len(ids)),
         "k_max": k_max,
         "index": knn.resolve_index(params.index, len(ids)),
-        "_stored": {"k_max": k_max},
     }
 
 
@@ -650,6 +654,12 @@ def pack_resolve(ws: Workspace, values: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
+def pack_records(params: Params) -> dict[str, Any]:
+    """Kept with the pack key: the ids export and `icp check` need without the tokenizer."""
+    lm = lm_tokenizer(params)
+    return {"separator_ids": lm.separator_ids(params.separator), "pad_id": lm.pad_id()}
+
+
 def _cache_token_ids(ws: Workspace, lm: tokenizer.LMTokenizer, report: Report) -> None:
     """Tokenize the texts whose ids the token cache lacks for this tokenizer, and keep them."""
     missing = ws.arrow(
@@ -726,7 +736,6 @@ def run_pack(ws: Workspace, params: Params, report: Report = _noop) -> dict:
         "pieces": int(len(packing.doc)),
         "split_documents": int(len(packing.doc) - len(np.unique(packing.doc))),
         "padding_tokens": int(packing.n_contexts * params.context_length - fill.sum()),
-        "_stored": {"separator_ids": sep, "pad_id": lm_tokenizer(params).pad_id()},
     }
 
 
