@@ -1,13 +1,29 @@
 #!/usr/bin/env bash
-# Install everything the tests need (Python packages, Debian's Chromium for the browser test),
-# then run the whole test suite.
+# Install what the tests need, then run them.
+#   bash scripts/test.sh          everything (CI): ruff, then every test, browser and Ray included
+#   bash scripts/test.sh --fast   the inner loop: no browser, no Ray cluster, no embedding model,
+#                                 no subprocess-heavy reliability or app tests (about a minute)
+# Other arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh test,ray
-if [ ! -x /usr/bin/chromium ]; then
-  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
-  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+fast=0
+if [ "${1:-}" = "--fast" ]; then
+  fast=1
+  shift
+fi
+if [ "$fast" = 1 ]; then
+  bash scripts/install.sh test
+else
+  bash scripts/install.sh test,ray
+  if [ ! -x /usr/bin/chromium ]; then
+    SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+  fi
 fi
 . .venv/bin/activate
 ruff check .
-python -m pytest -q "$@"
+if [ "$fast" = 1 ]; then
+  ICP_FAST_TIER=1 python -m pytest -q -m "not slow and not e2e and not ray and not model" "$@"
+else
+  python -m pytest -q "$@"
+fi

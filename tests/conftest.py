@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
 
-from icp_core import pipeline
+from icp_core import pipeline, sample
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 
@@ -59,6 +60,13 @@ def tiny_jsonl(tmp_path: Path) -> Path:
 
 
 TINY_PARAMS = Params(k=4, context_length=64, dedup_threshold=0.95)
+# The packaged model's vectors of the corpora below (tests/data/make_tiny_embeddings.py), so
+# that building a tiny workspace never loads the model; a `model` test checks them.
+TINY_EMBEDDINGS = Path(__file__).parent / "data" / "tiny_embeddings.parquet"
+
+
+def seed_tiny_vectors(ws: Workspace) -> None:
+    sample.seed_embedding_cache(ws, TINY_EMBEDDINGS)
 
 # b is a near-copy of a (cosine about 0.985 with the packaged model); c is unrelated
 DUPLICATE_ROWS = [
@@ -74,6 +82,7 @@ def run_duplicate_corpus(folder: Path) -> Path:
     path = folder / "w.duckdb"
     with Workspace(path) as ws:
         pipeline.ingest(ws, [str(corpus)], TINY_PARAMS)
+        seed_tiny_vectors(ws)
         pipeline.run(ws, TINY_PARAMS)
     return path
 
@@ -86,6 +95,7 @@ def tiny_workspace_template(tmp_path_factory) -> Path:
     path = folder / "tiny.duckdb"
     with Workspace(path) as ws:
         pipeline.ingest(ws, [str(corpus)], TINY_PARAMS)
+        seed_tiny_vectors(ws)
         pipeline.run(ws, TINY_PARAMS)
     return path
 
@@ -104,3 +114,32 @@ def sample_workspace_template(tmp_path_factory) -> Path:
     from icp_core.sample import build_sample_workspace
 
     return build_sample_workspace(tmp_path_factory.mktemp("sample_ws") / "sample.duckdb")
+
+
+# Whole folders whose tests drive subprocesses, signals, huge inputs or the app on the sample:
+# the full tier runs them, the fast tier (`scripts/test.sh --fast`) leaves them out.
+SLOW_FOLDERS = ("reliability", "app")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    tests_root = Path(__file__).parent
+    for item in items:
+        parts = Path(item.fspath).relative_to(tests_root.parent).parts
+        if len(parts) > 2 and parts[0] == "tests" and parts[1] in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.ray)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_loads_no_model(request, monkeypatch) -> None:
+    """In the fast tier (ICP_FAST_TIER=1), loading the embedding model in process fails the
+    test, so a test that needs the model must say so with `@pytest.mark.model`."""
+    if os.environ.get("ICP_FAST_TIER") != "1" or request.node.get_closest_marker("model"):
+        return
+    from icp_core import embed
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("this test loads the embedding model: mark it @pytest.mark.model")
+
+    monkeypatch.setattr(embed, "load_model", refuse)

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# subprocess runs of the CLI (and a DataLoader with worker processes): the full tier
+pytestmark = pytest.mark.slow
+
 CONTRACT_KEYS = {
     "n_documents",
     "n_rejected",

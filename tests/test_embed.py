@@ -21,6 +21,7 @@ def runs_of(ws: Workspace, stage: str) -> list[dict]:
     ).to_pylist()
 
 
+@pytest.mark.model
 def test_vectors_are_unit_length_and_similar_texts_are_close():
     model = embed.load_model(str(embed.resolve_model_path(None)))
     vectors = embed.embed_texts(
@@ -30,6 +31,7 @@ def test_vectors_are_unit_length_and_similar_texts_are_close():
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3
 
 
+@pytest.mark.model
 def test_second_run_embeds_nothing_and_new_documents_only_are_embedded(tiny_jsonl, tmp_path):
     ws_path = tmp_path / "w.duckdb"
     params = Params(k=3)
@@ -62,6 +64,7 @@ def test_max_tokens_changes_the_cache_key():
     assert embed.model_key(path, 128) != embed.model_key(path, None)
 
 
+@pytest.mark.model
 def test_huge_document_is_cut_before_tokenizing():
     model = embed.load_model(str(embed.resolve_model_path(None)))
     huge = "astronomy telescopes and galaxies " * 400_000  # 13 MB
@@ -124,9 +127,26 @@ class TestImportedVectors:
         )
 
 
+@pytest.mark.model
 def test_shipped_sample_cache_matches_a_fresh_embedding(sample_workspace_template):
     from icp_core.sample import sample_vectors_match
 
     with Workspace(sample_workspace_template, read_only=True) as ws:
         assert ws.scalar("SELECT count(*) FROM embeddings") == 2000
         assert sample_vectors_match(ws, 6) < 1e-4
+
+
+@pytest.mark.model
+def test_tiny_cache_matches_a_fresh_embedding():
+    """The vectors the fast tier seeds instead of loading the model are the model's."""
+    from icp_core.ingest import hash_text
+    from tests.conftest import DUPLICATE_ROWS, TINY_EMBEDDINGS, tiny_rows
+
+    cache = pq.read_table(TINY_EMBEDDINGS).to_pydict()
+    texts = [row["text"] for row in tiny_rows() + DUPLICATE_ROWS]
+    model_key = embed.model_key(str(embed.resolve_model_path(None)), None)
+    assert set(cache["model_key"]) == {model_key}
+    by_hash = dict(zip(cache["text_hash"], cache["vector"], strict=True))
+    shipped = np.asarray([by_hash[hash_text(text)] for text in texts], dtype=np.float32)
+    model = embed.load_model(str(embed.resolve_model_path(None)))
+    assert np.abs(embed.embed_texts(model, texts) - shipped).max() < 1e-4

@@ -111,6 +111,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_cli_eval_table_and_json(sample_ws):
     done = run_cli("eval", "-w", str(sample_ws), "--order", "icp", "--order", "greedy")
     assert done.returncode == 0, done.stderr
@@ -121,6 +122,7 @@ def test_cli_eval_table_and_json(sample_ws):
     assert [(r["order"], r["pack"]) for r in result["rows"]] == [("random", "split")]
 
 
+@pytest.mark.slow
 def test_cli_eval_rejects_unknown_names(sample_ws):
     done = run_cli("eval", "-w", str(sample_ws), "--order", "nope")
     assert done.returncode == 2

@@ -527,6 +527,7 @@ def test_manifest_records_tokenizer_versions_inputs_and_files(main, fmt):
     assert manifest["inputs"][0]["source"] == str(main["corpus"].resolve())
 
 
+@pytest.mark.model
 def test_manifest_resolves_index_and_device_with_a_model(tiny_workspace_template, tmp_path):
     out = tmp_path / "out"
     with Workspace(tiny_workspace_template, read_only=True) as ws:
@@ -552,6 +553,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_replay_writes_byte_identical_files(main):
     out = main["out"]["parquet"]
     again = main["folder"] / "replayed"
@@ -565,6 +567,7 @@ def test_replay_writes_byte_identical_files(main):
     assert file_hashes(main["folder"] / "replayed-tokens") == file_hashes(tokens)
 
 
+@pytest.mark.slow
 def test_replay_refuses_a_changed_input(main, tmp_path):
     changed = tmp_path / "corpus.jsonl"
     changed.write_bytes(main["corpus"].read_bytes().replace(b"telescope", b"microscope"))

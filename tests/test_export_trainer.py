@@ -21,6 +21,9 @@ from icp_core.params import Params
 from icp_core.workspace import Workspace
 from tests.conftest import tiny_rows, write_jsonl
 
+# subprocess runs of the CLI (and a DataLoader with worker processes): the full tier
+pytestmark = pytest.mark.slow
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 HEADING = "### Use the export in your trainer"
 L = 32

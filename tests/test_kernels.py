@@ -83,6 +83,7 @@ def test_icp_matches_reference_on_random_graphs(seed: int, n: int, k: int) -> No
 
 @settings(max_examples=150, deadline=None)
 @given(st.data())
+@pytest.mark.slow
 def test_icp_matches_reference_on_arbitrary_lists(data: st.DataObject) -> None:
     n = data.draw(st.integers(1, 25))
     k = data.draw(st.integers(1, 6))

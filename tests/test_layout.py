@@ -20,6 +20,7 @@ def clustered_vectors(n_per_cluster: int = 20, n_clusters: int = 3, seed: int = 
 
 
 class TestLayout2d:
+    @pytest.mark.slow
     def test_reproducible_finite_and_one_point_per_document(self):
         vectors, _ = clustered_vectors()
         ids, sims = knn_search(vectors, 10)
