@@ -1,4 +1,5 @@
-"""The `icp` command. The only place that sets up progress bars, logging and exit codes.
+"""The `icp` command. The only place that sets up progress bars, logging and exit codes
+(`report_failure`; the codes are listed in `icp_core.errors`).
 
 Every stage command brings the stages before it up to date first (like make), so
 `icp order --order original` on a fresh workspace embeds, searches and dedups as needed.
@@ -10,20 +11,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from icp_core.errors import IcpError
+from icp_core.errors import ExitCode, IcpError
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="In-context pretraining: order related documents into LLM pretraining contexts.",
     pretty_exceptions_enable=False,
+    # plain click help: rich markup would eat the "[default]" in every option's help text
+    rich_markup_mode=None,
 )
 
 WorkspaceOpt = Annotated[
@@ -100,10 +106,22 @@ def _progress_factory():
     return factory
 
 
-def _open(workspace: Path, wait: float = 0.0, read_only: bool = False):
-    from icp_core.workspace import Workspace
+@contextmanager
+def _open(workspace: Path, wait: float = 0.0, read_only: bool = False) -> Iterator[Any]:
+    """The workspace, open for the block; a read or write of it that fails for a damaged file
+    or a full disk becomes that one-line error (`workspace.storage_error`)."""
+    from icp_core.workspace import Workspace, storage_error
 
-    return Workspace(workspace, read_only=read_only, wait_s=wait)
+    if wait < 0:
+        raise IcpError(f"--wait {wait}: must be 0 or more seconds")
+    with Workspace(workspace, read_only=read_only, wait_s=wait) as ws:
+        try:
+            yield ws
+        except Exception as err:
+            translated = storage_error(workspace, err)
+            if translated is None:
+                raise
+            raise translated from None
 
 
 def _params(ws, **given: Any):
@@ -587,36 +605,79 @@ def app_command(
     os.execv(sys.executable, command)
 
 
-def main() -> None:
+_STOP_SIGNALS = {signal.SIGINT: ExitCode.INTERRUPTED, signal.SIGTERM: ExitCode.TERMINATED}
+_stopped_by: list[int] = []  # the signal that stopped this run, if one did
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM: unwind like Ctrl-C, so open transactions roll back and the workspace
+    is closed cleanly (a second signal while unwinding is ignored)."""
+    if not _stopped_by:
+        _stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+
+def report_failure(err: BaseException) -> int:
+    """Print the message for a failure on stderr and return the process's exit code.
+
+    The one place that maps failure classes to what the user sees (codes in `errors`):
+    an `IcpError` is one `error: ...` line with its own code; a usage error is click's usage
+    message and 2; Ctrl-C or SIGTERM is one line and 130 or 143; anything else is a bug,
+    one `internal error` line (the traceback with `ICP_DEBUG=1`) and 70.
+    """
+    import duckdb
+    from typer._click.exceptions import ClickException  # typer vendors click: not click's own
+    from typer.exceptions import Abort
+
+    if isinstance(err, typer.Exit):
+        return err.exit_code
+    if isinstance(err, IcpError):
+        typer.echo(f"error: {err}", err=True)
+        return err.exit_code
+    if isinstance(err, ClickException):
+        err.show()
+        return ExitCode.USAGE
+    if isinstance(err, KeyboardInterrupt | Abort | duckdb.InterruptException):
+        signum = _stopped_by[0] if _stopped_by else signal.SIGINT
+        typer.echo(
+            f"interrupted ({signal.Signals(signum).name}); finished work is kept, "
+            "re-run to resume",
+            err=True,
+        )
+        return _STOP_SIGNALS.get(signum, ExitCode.INTERRUPTED)
+    if os.environ.get("ICP_DEBUG"):
+        traceback.print_exception(err)
+    typer.echo(
+        f"internal error: {type(err).__name__}: {err} (a bug; set ICP_DEBUG=1 for the traceback)",
+        err=True,
+    )
+    return ExitCode.INTERNAL
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run `icp` with `argv` (default: the command line) and exit with its code."""
     logging.basicConfig(
         level=os.environ.get("ICP_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
     )
-    try:
-        code = app(standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
-    except IcpError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; finished work is kept, re-run the command to continue", err=True)
-        sys.exit(130)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except Exception as err:  # click usage errors and real bugs
-        import click
+    sys.exit(run_cli(argv))
 
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(1)
-        if os.environ.get("ICP_DEBUG"):
-            traceback.print_exc()
-        typer.echo(
-            f"internal error: {type(err).__name__}: {err} (set ICP_DEBUG=1 for the traceback)",
-            err=True,
-        )
-        sys.exit(1)
+
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run `icp` with `argv` in this process and return its exit code (never raises)."""
+    _stopped_by.clear()
+    previous = {signum: signal.signal(signum, _stop) for signum in _STOP_SIGNALS}
+    try:
+        code = app(args=argv, prog_name="icp", standalone_mode=False)
+    except BaseException as err:  # noqa: BLE001 - every failure ends in one message and a code
+        if isinstance(err, SystemExit):
+            raise
+        return report_failure(err)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if code == ExitCode.INTERRUPTED:  # typer turns Ctrl-C into Exit(130) and returns it
+        return report_failure(KeyboardInterrupt())
+    return code if isinstance(code, int) else ExitCode.OK
 
 
 if __name__ == "__main__":
