@@ -124,23 +124,27 @@ def _open(workspace: Path, wait: float = 0.0, read_only: bool = False) -> Iterat
             raise translated from None
 
 
-def _params(ws, **given: Any):
+def _params(ws, no_dedup: bool = False, **given: Any):
     """Workspace settings overlaid with the options given on this command line."""
-    return _overlay(ws.load_settings(), **given)
+    return _overlay(ws.load_settings(), no_dedup, **given)
 
 
-def _overlay(settings: dict[str, Any], **given: Any):
-    """Stored settings (or none) overlaid with the options given on this command line."""
+def _overlay(settings: dict[str, Any], no_dedup: bool = False, **given: Any):
+    """Stored settings (or none) overlaid with the options given on this command line,
+    validated before anything is stored: a bad value changes nothing in the workspace, and
+    a bad stored value (from an older version) names the option that replaces it."""
     from icp_core.params import Params
 
-    params = Params.from_dict(settings)
     changes = {key: value for key, value in given.items() if value is not None}
     for key in ("vectors", "tokenizer", "model"):
         if isinstance(changes.get(key), Path):
             changes[key] = str(changes[key])
     if "model" in changes:
         changes.setdefault("vectors", None)  # choosing a model stops using imported vectors
-    return params.updated(**changes).validate()
+    if no_dedup:
+        changes["dedup_threshold"] = None
+    params = Params.from_dict(settings).updated(**changes)
+    return params.validate(stored=set(settings) - set(changes))
 
 
 def _echo_outcomes(outcomes) -> None:
@@ -246,9 +250,7 @@ def dedup(
 ) -> None:
     """Group semantic near-duplicates; removed documents are recorded, never lost."""
     with _open(workspace, wait) as ws:
-        params = _params(ws, dedup_threshold=dedup_threshold, k=k)
-        if no_dedup:
-            params = params.updated(dedup_threshold=None)
+        params = _params(ws, no_dedup, dedup_threshold=dedup_threshold, k=k)
         _run_until(ws, params, "dedup", force)
 
 
@@ -481,9 +483,7 @@ def run(
     if workspace is None:
         raise IcpError("--workspace is required with --engine local (the default)")
     with _open(workspace, wait) as ws:
-        params = _params(ws, **given)
-        if no_dedup:
-            params = params.updated(dedup_threshold=None)
+        params = _params(ws, no_dedup, **given)
         progress = _progress_factory()
         outcomes = [pipeline.ingest(ws, [str(p) for p in inputs], params, progress)]
         outcomes += pipeline.run(ws, params, force=force, progress=progress)
@@ -519,9 +519,7 @@ def _run_on_ray(
             "--engine ray needs Ray: pip install 'icp-workbench[ray]' (or '.[ray]' in a checkout)"
         ) from None
 
-    params = _overlay({}, **given)
-    if no_dedup:
-        params = params.updated(dedup_threshold=None)
+    params = _overlay({}, no_dedup, **given)
     options = ray_engine.RayOptions(address=ray_address, partitions=partitions)
     outcomes, manifest = ray_engine.run_pipeline(
         [str(p) for p in inputs], params, out, options, overwrite, _progress_factory()
