@@ -343,6 +343,7 @@ def eval_command(
     """Compare ordering methods and packing policies on this workspace in one table."""
     from icp_core import evaluate
     from icp_core.pack import PACK_MODES
+    from icp_core.params import choose
     from icp_core.traverse import METHODS
 
     orders = orders or list(METHODS)
@@ -350,7 +351,7 @@ def eval_command(
     for name, choices, flag in ((orders, METHODS, "--order"), (packs, PACK_MODES, "--pack")):
         unknown = [value for value in name if value not in choices]
         if unknown:
-            raise IcpError(f"{flag} {unknown[0]}: choose from {', '.join(choices)}")
+            raise IcpError(f"{flag} {unknown[0]}: {choose(unknown[0], choices)}")
     progress = _progress_factory()
     with _open(workspace, wait) as ws:
         params = _params(
@@ -380,6 +381,7 @@ def export(
     from icp_core import export as export_module
     from icp_core import pipeline, stages
 
+    _check_format(fmt)
     with _open(workspace, wait) as ws:
         params = _params(ws)
         pipeline.run(ws, params, until="metrics", progress=_progress_factory())
@@ -398,6 +400,15 @@ def export(
 
 
 ENGINES = ("local", "ray")
+
+
+def _check_format(fmt: str) -> None:
+    """Refuse an unknown --format before any stage runs."""
+    from icp_core.export import FORMATS
+    from icp_core.params import choose
+
+    if fmt not in FORMATS:
+        raise IcpError(f"--format {fmt}: {choose(fmt, FORMATS)}")
 
 
 @app.command()
@@ -454,9 +465,11 @@ def run(
     """Run every stage: ingest, embed, knn, dedup, order, pack, metrics (and export)."""
     from icp_core import export as export_module
     from icp_core import pipeline, stages
+    from icp_core.params import choose
 
     if engine not in ENGINES:
-        raise IcpError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+        raise IcpError(f"--engine {engine}: {choose(engine, ENGINES)}")
+    _check_format(fmt)
     given = {
         "text_field": text_field,
         "id_field": id_field,

@@ -38,7 +38,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _choose(value: str, choices: Collection[str]) -> str:
+def choose(value: str, choices: Collection[str]) -> str:
     """'choose one of a, b, c', with a 'did you mean' when `value` is close to one."""
     close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
     hint = f"did you mean {close[0]}? " if close else ""
@@ -100,7 +100,7 @@ class Params:
         for name, choices in (("index", INDEXES), ("order", tuple(METHODS)), ("pack", PACK_MODES)):
             value = getattr(self, name)
             if value not in choices:
-                found[name] = f"{_flag(name)} {value}: {_choose(str(value), choices)}"
+                found[name] = f"{_flag(name)} {value}: {choose(str(value), choices)}"
         threshold = self.dedup_threshold
         if threshold is not None and (
             not isinstance(threshold, int | float)

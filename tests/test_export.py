@@ -117,10 +117,16 @@ def test_existing_output_needs_overwrite(tiny_workspace, tmp_path):
     (tmp_path / "out" / "keep.txt").write_text("mine")
     with pytest.raises(IcpError, match="already exists; pass --overwrite"):
         export(tiny_workspace, tmp_path / "out", "jsonl")
+    # --overwrite replaces only an earlier export (tests/reliability/test_commands_hostile.py)
+    with pytest.raises(IcpError, match="not an earlier export of this tool"):
+        export(tiny_workspace, tmp_path / "out", "jsonl", overwrite=True)
     assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    export(tiny_workspace, tmp_path / "out", "jsonl", overwrite=True)
-    assert not (tmp_path / "out" / "keep.txt").exists()
-    assert not list(tmp_path.glob(".out.partial-*"))
+    export(tiny_workspace, tmp_path / "new", "jsonl")
+    (tmp_path / "new" / "stale.txt").write_text("from before")
+    export(tiny_workspace, tmp_path / "new", "parquet", overwrite=True)
+    assert not (tmp_path / "new" / "stale.txt").exists()
+    assert (tmp_path / "new" / "contexts.parquet").exists()
+    assert not list(tmp_path.glob(".new.partial-*")) and not list(tmp_path.glob(".new.old-*"))
 
 
 def test_unknown_format(tiny_workspace, tmp_path):
