@@ -574,18 +574,32 @@ def job(
 
 
 @app.command()
-def check(workspace: WorkspaceOpt, wait: WaitOpt = 0.0) -> None:
+def check(
+    workspace: WorkspaceOpt,
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep", help="First read every table and index block back (slower; exit 4 if any "
+            "is damaged)."
+        ),
+    ] = False,
+    wait: WaitOpt = 0.0,
+) -> None:
     """Check the invariants: documents in = kept + duplicates + rejects, each kept document
     exactly once across contexts, no context longer than the context length."""
+    from icp_core import check as check_module
     from icp_core import stages
 
     with _open(workspace, wait, read_only=True) as ws:
-        problems = stages.check_invariants(ws)
+        problems = check_module.deep_check(ws) if deep else stages.check_invariants(ws)
     if problems:
         for problem in problems:
             typer.echo(f"FAIL {problem}", err=True)
-        raise typer.Exit(1)
-    typer.echo("ok: every document accounted for, each kept document exactly once, contexts fit")
+        raise typer.Exit(ExitCode.PROBLEMS)
+    read = "every block read back, " if deep else ""
+    typer.echo(
+        f"ok: {read}every document accounted for, each kept document exactly once, contexts fit"
+    )
 
 
 @app.command(name="app")

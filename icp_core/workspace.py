@@ -39,11 +39,14 @@ _NO_SPACE_MARKERS = ("No space left on device", "File too large", "Disk quota ex
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 
-def storage_error(path: str | os.PathLike, err: BaseException) -> IcpError | None:
+def storage_error(
+    path: str | os.PathLike, err: BaseException, where: str = ""
+) -> IcpError | None:
     """The one-line error for a failure to read or write the workspace at `path`, or None
     when `err` is not one (a bug, or a problem of another file).
 
-    A damaged file gives `WorkspaceDamaged`, a full disk or a file size limit `NoSpace`.
+    A damaged file gives `WorkspaceDamaged`, a full disk or a file size limit `NoSpace`;
+    `where` (e.g. "table documents") is put in front of DuckDB's reason.
     """
     message = str(err).strip()
     reason = message.splitlines()[0] if message else type(err).__name__
@@ -51,6 +54,8 @@ def storage_error(path: str | os.PathLike, err: BaseException) -> IcpError | Non
         reason = err.strerror or reason
     elif not isinstance(err, duckdb.Error):
         return None
+    if where:
+        reason = f"{where}: {reason}"
     if any(marker in message for marker in _DAMAGE_MARKERS):
         return WorkspaceDamaged(
             f"workspace {path} is damaged ({reason}); restore it from a copy or delete it "
