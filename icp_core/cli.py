@@ -147,6 +147,15 @@ def _overlay(settings: dict[str, Any], no_dedup: bool = False, **given: Any):
     return params.validate(stored=set(settings) - set(changes))
 
 
+def _check_label_field(ws, label_field: str | None) -> None:
+    """Refuse a --label-field no document carries before it is stored: the stored value
+    would fail every later command's metrics."""
+    from icp_core import stages
+
+    if label_field is not None and ws.n_documents():
+        stages.resolve_label_field(ws, label_field)
+
+
 def _echo_outcomes(outcomes) -> None:
     for outcome in outcomes:
         shown = {k: v for k, v in outcome.counts.items() if not isinstance(v, dict | list)}
@@ -306,6 +315,7 @@ def metrics(
 
     with _open(workspace, wait) as ws:
         params = _params(ws, label_field=label_field)
+        _check_label_field(ws, label_field)
         pipeline.run(ws, params, until="metrics", progress=_progress_factory())
         result = stages.latest_metrics(ws, params)
     if as_json:
@@ -363,6 +373,7 @@ def eval_command(
             label_field=label_field,
             seed=seed,
         )
+        _check_label_field(ws, label_field)
         _run_until(ws, params, "dedup", False)
         corpus = evaluate.load_corpus(ws, params, progress("tokens"))
     result = evaluate.evaluate(corpus, orders, packs, report=progress("eval"))
@@ -499,6 +510,7 @@ def run(
         params = _params(ws, no_dedup, **given)
         progress = _progress_factory()
         outcomes = [pipeline.ingest(ws, [str(p) for p in inputs], params, progress)]
+        _check_label_field(ws, label_field)
         outcomes += pipeline.run(ws, params, force=force, progress=progress)
         _echo_outcomes(outcomes)
         result = stages.latest_metrics(ws, params)
