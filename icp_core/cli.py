@@ -393,6 +393,7 @@ def export(
     from icp_core import pipeline, stages
 
     _check_format(fmt)
+    export_module.check_out(out, overwrite, keep=[workspace])
     with _open(workspace, wait) as ws:
         params = _params(ws)
         pipeline.run(ws, params, until="metrics", progress=_progress_factory())
@@ -506,6 +507,8 @@ def run(
         return
     if workspace is None:
         raise IcpError("--workspace is required with --engine local (the default)")
+    if out is not None:
+        export_module.check_out(out, overwrite, keep=[workspace])
     with _open(workspace, wait) as ws:
         params = _params(ws, no_dedup, **given)
         progress = _progress_factory()

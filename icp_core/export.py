@@ -388,6 +388,29 @@ def _umask() -> int:
     return mask
 
 
+def check_out(out: str | Path, overwrite: bool = False, keep: Collection[Path] = ()) -> None:
+    """Refuse an export folder `staged_folder` would refuse, before any work is done.
+
+    Raises:
+        IcpError: `out` exists without overwrite, or is not an export `overwrite` may replace
+            (see `staged_folder`), or a file stands where one of its folders should be.
+    """
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise IcpError(f"{out}: already exists; pass --overwrite to replace an earlier export")
+        refusal = _why_not_replace(out, keep)
+        if refusal:
+            raise IcpError(
+                f"{out}: --overwrite refused, it is {refusal}; "
+                "choose another --out (or remove it yourself)"
+            )
+    parent = out.parent if str(out.parent) else Path(".")
+    blocking = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise IcpError(f"{out}: {blocking} is a file, not a folder; choose another --out")
+
+
 @contextmanager
 def staged_folder(
     out: str | Path, overwrite: bool = False, keep: Collection[Path] = ()
@@ -406,19 +429,8 @@ def staged_folder(
         NoSpace: a write in the block failed for lack of space or a file size limit.
     """
     out = Path(out)
-    if out.exists() or out.is_symlink():
-        if not overwrite:
-            raise IcpError(f"{out}: already exists; pass --overwrite to replace an earlier export")
-        refusal = _why_not_replace(out, keep)
-        if refusal:
-            raise IcpError(
-                f"{out}: --overwrite refused, it is {refusal}; "
-                "choose another --out (or remove it yourself)"
-            )
+    check_out(out, overwrite, keep)
     parent = out.parent if str(out.parent) else Path(".")
-    blocking = next((p for p in (parent, *parent.parents) if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
-        raise IcpError(f"{out}: {blocking} is a file, not a folder; choose another --out")
     try:
         parent.mkdir(parents=True, exist_ok=True)
         _clear_stale_partials(parent, out.name)

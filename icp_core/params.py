@@ -88,15 +88,15 @@ class Params:
 
         found: dict[str, str] = {}
         for name, low, high in _INT_BOUNDS:
-            value = getattr(self, name)
+            value, what = getattr(self, name), name.replace("_", " ")
             if value is None and name == "max_tokens":
                 continue
             if not _is_int(value):
-                found[name] = f"{_flag(name)} {value!r}: {name} must be a whole number"
+                found[name] = f"{_flag(name)} {value!r}: {what} must be a whole number"
             elif value < low:
-                found[name] = f"{_flag(name)} {value}: {name} must be at least {low}"
+                found[name] = f"{_flag(name)} {value}: {what} must be at least {low}"
             elif value > high:
-                found[name] = f"{_flag(name)} {value}: {name} must be at most {high}"
+                found[name] = f"{_flag(name)} {value}: {what} must be at most {high}"
         for name, choices in (("index", INDEXES), ("order", tuple(METHODS)), ("pack", PACK_MODES)):
             value = getattr(self, name)
             if value not in choices:

@@ -97,6 +97,16 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def _has_duckdb_magic(path: Path) -> bool:
+    """Whether the file starts like a DuckDB database ("DUCK" at byte 8); checked before
+    connecting, since DuckDB would try to open e.g. a SQLite file through an extension."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(12)[8:12] == b"DUCK"
+    except OSError:
+        return True  # unreadable: let the connection report why
+
+
 class Workspace:
     """A DuckDB workspace file.
 
@@ -158,10 +168,20 @@ class Workspace:
                     f"{self.path}: folder or file is not writable; "
                     "choose a writable --workspace path"
                 )
+        if self.path.exists() and not _has_duckdb_magic(self.path):
+            raise IcpError(
+                f"{self.path}: not a DuckDB workspace file; "
+                "pass a new path or an existing workspace to --workspace"
+            )
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=self.read_only)
+                # never fetch extensions: a SQLite or other file must not trigger a download
+                return duckdb.connect(
+                    str(self.path),
+                    read_only=self.read_only,
+                    config={"autoinstall_known_extensions": False},
+                )
             except duckdb.Error as err:
                 message = str(err)
                 if "not a valid DuckDB database" in message or "Magic" in message:
