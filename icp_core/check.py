@@ -2,12 +2,14 @@
 
 DuckDB checksums every 256 kB block and verifies the checksum when it reads the block, so a
 block is only known good once something has read it. `icp check` reads what the invariants
-need; `deep_check` first reads every column of every table (every data block) and looks up
-one key through each primary-key index (index blocks are read only through the index), then
-runs the same invariants.
+need; `icp check --deep` first reads every column of every table (every data block) and looks
+up one key through each primary-key index (index blocks are read only through the index),
+then runs the same checks.
 """
 
 from __future__ import annotations
+
+import json
 
 import duckdb
 
@@ -61,12 +63,34 @@ def read_every_block(ws: Workspace) -> dict[str, int]:
     return counts
 
 
-def deep_check(ws: Workspace) -> list[str]:
-    """Problems found after reading the whole workspace (empty = all good): the invariants of
-    `stages.check_invariants`, once every block has been read back.
+def stale_stages(ws: Workspace) -> list[str]:
+    """One problem per stage computed from an older result of a stage it reads (a stage
+    command brings only the stages before it up to date: after `icp dedup`, the ordering is
+    stale until `icp order`, `icp pack` or `icp export` runs)."""
+    rows = ws.con.execute("SELECT stage, fingerprint, params FROM stage_state").fetchall()
+    current = {stage: fingerprint for stage, fingerprint, _ in rows}
+    problems = []
+    for stage, _, params in sorted(rows):
+        upstream = (json.loads(params) if params else {}).get("upstream") or {}
+        changed = sorted(name for name, seen in upstream.items() if current.get(name) != seen)
+        if changed:
+            problems.append(
+                f"stage {stage} is out of date ({', '.join(changed)} changed since it ran); "
+                f"run `icp {stage} -w {ws.path}` or `icp export` to bring it up to date"
+            )
+    return problems
+
+
+def check_workspace(ws: Workspace, deep: bool = False) -> list[str]:
+    """Problems found (empty = all good): stale stages, else the invariants of
+    `stages.check_invariants` (which a half-updated workspace would fail misleadingly).
+
+    Args:
+        deep: first read every block back (`read_every_block`).
 
     Raises:
         WorkspaceDamaged: a block could not be read back.
     """
-    read_every_block(ws)
-    return stages.check_invariants(ws)
+    if deep:
+        read_every_block(ws)
+    return stale_stages(ws) or stages.check_invariants(ws)

@@ -601,12 +601,12 @@ def check(
     wait: WaitOpt = 0.0,
 ) -> None:
     """Check the invariants: documents in = kept + duplicates + rejects, each kept document
-    exactly once across contexts, no context longer than the context length."""
-    from icp_core import check as check_module
-    from icp_core import stages
+    exactly once across contexts, no context longer than the context length (every stage
+    must be up to date with the ones it reads)."""
+    from icp_core.check import check_workspace
 
     with _open(workspace, wait, read_only=True) as ws:
-        problems = check_module.deep_check(ws) if deep else stages.check_invariants(ws)
+        problems = check_workspace(ws, deep)
     if problems:
         for problem in problems:
             typer.echo(f"FAIL {problem}", err=True)
