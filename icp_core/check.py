@@ -63,14 +63,21 @@ def read_every_block(ws: Workspace) -> dict[str, int]:
     return counts
 
 
+# stages that only describe the data (the metrics table, the app's map): stale ones are
+# recomputed on demand and cannot make the data inconsistent, so `icp check` does not flag them
+_REPORTS = ("metrics", "layout")
+
+
 def stale_stages(ws: Workspace) -> list[str]:
-    """One problem per stage computed from an older result of a stage it reads (a stage
+    """One problem per data stage computed from an older result of a stage it reads (a stage
     command brings only the stages before it up to date: after `icp dedup`, the ordering is
     stale until `icp order`, `icp pack` or `icp export` runs)."""
     rows = ws.con.execute("SELECT stage, fingerprint, params FROM stage_state").fetchall()
     current = {stage: fingerprint for stage, fingerprint, _ in rows}
     problems = []
     for stage, _, params in sorted(rows):
+        if stage in _REPORTS:
+            continue
         upstream = (json.loads(params) if params else {}).get("upstream") or {}
         changed = sorted(name for name, seen in upstream.items() if current.get(name) != seen)
         if changed:

@@ -30,12 +30,12 @@ def settings_of(path: Path) -> dict:
 
 
 def assert_usable(path: Path) -> None:
-    """The workspace passes `icp check` and exports."""
-    result = icp("check", "-w", path)
-    assert result.returncode == 0, result.stderr
+    """The workspace exports (bringing every stage up to date) and then passes `icp check`."""
     out = path.parent / f"usable-{time.monotonic_ns()}"
     exported = icp("export", "-w", path, "--out", out, "--format", "jsonl")
     assert exported.returncode == 0, exported.stderr
+    result = icp("check", "-w", path)
+    assert result.returncode == 0, result.stderr
 
 
 # -- the workspace path ------------------------------------------------------------------------
