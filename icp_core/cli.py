@@ -576,6 +576,9 @@ def job(
     """
     from icp_core import pipeline
 
+    # the app cancels a job with SIGTERM and expects it gone at once, not after the current
+    # compiled loop returns; the DuckDB write it interrupts rolls back all the same
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if spec == "-":
         pipeline.warm_up()
         text = sys.stdin.read()
