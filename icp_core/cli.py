@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -697,7 +697,7 @@ def report_failure(err: BaseException) -> int:
     return ExitCode.INTERNAL
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> NoReturn:
     """Run `icp` with `argv` (default: the command line) and exit with its code."""
     logging.basicConfig(
         level=os.environ.get("ICP_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
@@ -711,7 +711,7 @@ def run_cli(argv: list[str] | None = None) -> int:
     previous = {signum: signal.signal(signum, _stop) for signum in _STOP_SIGNALS}
     try:
         code = app(args=argv, prog_name="icp", standalone_mode=False)
-    except BaseException as err:  # noqa: BLE001 - every failure ends in one message and a code
+    except BaseException as err:  # every failure ends in one message and a code
         if isinstance(err, SystemExit):
             raise
         return report_failure(err)

@@ -145,7 +145,7 @@ class Params:
             if name in stored:
                 raise IcpError(
                     f"the workspace's stored setting {message}; pass {_flag(name)} with a valid "
-                    "value to replace it"
+                    "value (to `icp run` or the stage command that takes it) to replace it"
                 )
             raise IcpError(message)
         return self
