@@ -45,14 +45,18 @@ def storage_error(
     """The one-line error for a failure to read or write the workspace at `path`, or None
     when `err` is not one (a bug, or a problem of another file).
 
-    A damaged file gives `WorkspaceDamaged`, a full disk or a file size limit `NoSpace`;
+    A damaged file gives `WorkspaceDamaged`, a full disk or a file size limit `NoSpace`
+    (also for an `OSError` of another file written meanwhile, which it then names);
     `where` (e.g. "table documents") is put in front of DuckDB's reason.
     """
     message = str(err).strip()
     reason = message.splitlines()[0] if message else type(err).__name__
     if isinstance(err, OSError) and err.errno in _NO_SPACE_ERRNOS:
-        reason = err.strerror or reason
-    elif not isinstance(err, duckdb.Error):
+        return NoSpace(
+            f"{err.filename or path}: no space to write ({err.strerror or reason}); "
+            "the unfinished stage was rolled back, free space and re-run"
+        )
+    if not isinstance(err, duckdb.Error):
         return None
     if where:
         reason = f"{where}: {reason}"
@@ -61,7 +65,7 @@ def storage_error(
             f"workspace {path} is damaged ({reason}); restore it from a copy or delete it "
             "and re-run"
         )
-    if isinstance(err, OSError) or any(marker in message for marker in _NO_SPACE_MARKERS):
+    if any(marker in message for marker in _NO_SPACE_MARKERS):
         return NoSpace(
             f"workspace {path}: no space to write ({reason}); the unfinished stage was rolled "
             "back, free space and re-run"

@@ -389,3 +389,18 @@ def test_an_internal_error_is_a_bug_line_and_70(tiny_workspace, monkeypatch):
     result: Result = icp_here("check", "-w", tiny_workspace)
     assert result.returncode == ExitCode.INTERNAL
     assert result.stderr.startswith("internal error: ZeroDivisionError: boom (a bug;")
+
+
+def test_a_full_disk_while_writing_another_file_names_that_file(tiny_workspace, monkeypatch):
+    """ENOSPC from a file other than the workspace (a cache, a temporary file) is exit 5 and
+    names that file."""
+    import errno
+
+    from icp_core import stages
+
+    def full(ws):
+        raise OSError(errno.ENOSPC, "No space left on device", "/tmp/some-cache")
+
+    monkeypatch.setattr(stages, "check_invariants", full)
+    result = icp_here("check", "-w", tiny_workspace)
+    one_line(result, NO_SPACE, "/tmp/some-cache: no space to write (No space left on device)")
