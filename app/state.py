@@ -21,7 +21,7 @@ import pandas as pd
 import streamlit as st
 
 from app import jobs
-from icp_core import explore, pack, pipeline, stages
+from icp_core import explore, pack, pipeline, stages, tokenizer
 from icp_core.errors import IcpError
 from icp_core.params import Params
 from icp_core.traverse import METHODS
@@ -418,11 +418,13 @@ def _parameters_sidebar(ws: WorkspaceView) -> None:
         st.number_input("Context length (tokens)", 32, 1_048_576, step=256, key="context_length")
         st.selectbox("Pack policy", list(pack.PACK_MODES), key="pack")
         st.text_input(
-            "Tokenizer (tokenizer.json)",
+            "Tokenizer",
             key="tokenizer",
-            placeholder="the embedding model's",
-            help="Your LM's tokenizer.json (or its folder) to count tokens; empty: the "
-            "embedding model's.",
+            placeholder=tokenizer.DEFAULT_TOKENIZER,
+            help="Your LM's tokenizer: a built-in name ("
+            + ", ".join(tokenizer.BUILTINS)
+            + "), or the path of a tokenizer.json, SentencePiece .model or .tiktoken file; "
+            f"empty: {tokenizer.DEFAULT_TOKENIZER}.",
         )
         applied = st.form_submit_button("Apply", type="primary", width="stretch")
     with st.sidebar.expander("About the parameters"):
@@ -433,17 +435,16 @@ def _parameters_sidebar(ws: WorkspaceView) -> None:
 
 def _apply(ws: WorkspaceView) -> None:
     values = st.session_state
-    tokenizer = values["tokenizer"].strip() or None
+    lm_tokenizer = values["tokenizer"].strip() or None
     try:
-        if tokenizer:
-            pack.resolve_tokenizer_path(tokenizer, None)
+        tokenizer.resolve(lm_tokenizer)
         params = ws.params.updated(
             k=int(values["k"]),
             order=values["order"],
             dedup_threshold=float(values["dedup_threshold"]) if values["dedup"] else None,
             context_length=int(values["context_length"]),
             pack=values["pack"],
-            tokenizer=tokenizer,
+            tokenizer=lm_tokenizer,
         ).validate()
     except IcpError as err:
         st.sidebar.error(str(err))

@@ -49,7 +49,7 @@ def run_local(corpus: Path, params: Params, folder: Path) -> tuple[Path, dict, d
 def packing_table(out: Path, ws: Workspace) -> pa.Table:
     """The Ray export's contexts as rows of the workspace's `contexts` table (doc numbers from
     the workspace, separator tokens from the token spans)."""
-    rows = pq.read_table(sorted(str(p) for p in out.glob("contexts-*.parquet"))).to_pylist()
+    rows = pq.read_table(sorted(str(p) for p in out.glob("data/train-*.parquet"))).to_pylist()
     ids = ws.arrow("SELECT id, doc FROM documents").to_pydict()
     doc_of = dict(zip(ids["id"], ids["doc"], strict=True))
     key = ws.stage_state("pack")["params"]["tokenizer_key"]
@@ -93,9 +93,8 @@ def score_ray_output(local_ws: Path, out: Path, params: Params, folder: Path) ->
     shutil.copy(local_ws, copy)
     with Workspace(copy) as ws:
         removed_local = set(ws.column("SELECT d.id FROM duplicates JOIN documents d USING (doc)"))
-        removed_ray = {
-            json.loads(line)["id"] for line in (out / "duplicates.jsonl").read_text().splitlines()
-        }
+        duplicates = (out / "removed" / "duplicates.jsonl").read_text().splitlines()
+        removed_ray = {json.loads(line)["id"] for line in duplicates}
         if removed_local != removed_ray:
             raise SystemExit(
                 f"the engines removed different duplicates ({len(removed_local ^ removed_ray)} "

@@ -65,7 +65,20 @@ OrderOpt = Annotated[
 SeedOpt = Annotated[int | None, typer.Option(help="Seed for random choices [0].")]
 LengthOpt = Annotated[int | None, typer.Option(help="Tokens per context [8192].")]
 TokenizerOpt = Annotated[
-    str | None, typer.Option(help="Local tokenizer.json of your LM [the embedding model's].")
+    str | None,
+    typer.Option(
+        help="Your LM's tokenizer: a built-in name (icp tokenizers), a tokenizer.json, a "
+        "SentencePiece .model or a .tiktoken file [mistral-tekken]."
+    ),
+]
+ShardSizeOpt = Annotated[
+    int, typer.Option(help="Contexts per Parquet/JSONL shard (data/train-*-of-*).")
+]
+DropLastOpt = Annotated[
+    bool,
+    typer.Option(
+        "--drop-last", help="Leave out the last context when shorter than --context-length."
+    ),
 ]
 SeparatorOpt = Annotated[str | None, typer.Option(help="Separator token [the tokenizer's EOS].")]
 PackOpt = Annotated[str | None, typer.Option("--pack", help="split or whole [split].")]
@@ -189,6 +202,13 @@ def ingest(
     workspace: WorkspaceOpt,
     text_field: TextFieldOpt = None,
     id_field: IdFieldOpt = None,
+    update: Annotated[
+        bool,
+        typer.Option(
+            "--update",
+            help="Replace stored documents whose text or fields changed under the same id.",
+        ),
+    ] = False,
     wait: WaitOpt = 0.0,
 ) -> None:
     """Add documents; bad rows go to the `rejects` table with file, line and reason."""
@@ -196,7 +216,9 @@ def ingest(
 
     with _open(workspace, wait) as ws:
         params = _params(ws, text_field=text_field, id_field=id_field)
-        outcome = pipeline.ingest(ws, [str(p) for p in inputs], params, _progress_factory())
+        outcome = pipeline.ingest(
+            ws, [str(p) for p in inputs], params, _progress_factory(), update=update
+        )
         with ws.transaction():
             ws.save_settings({"text_field": params.text_field, "id_field": params.id_field})
     counts = outcome.counts
@@ -205,9 +227,12 @@ def ingest(
         if counts["sources_skipped"]
         else ""
     )
+    changed = "".join(
+        f", {counts[key]} {key}" for key in ("updated", "unchanged") if counts.get(key)
+    )
     typer.echo(
-        f"{counts['documents']} documents, {counts['rejected']} rejected (see rejects){skipped}; "
-        f"workspace holds {counts['total_documents']} documents"
+        f"{counts['documents']} documents, {counts['rejected']} rejected (see rejects)"
+        f"{changed}{skipped}; workspace holds {counts['total_documents']} documents"
     )
 
 
@@ -386,6 +411,8 @@ def export(
     out: Annotated[Path, typer.Option(help="Output folder.")],
     fmt: Annotated[str, typer.Option("--format", help="jsonl, parquet or tokens.")] = "parquet",
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    shard_size: ShardSizeOpt = 10_000,
+    drop_last: DropLastOpt = False,
     wait: WaitOpt = 0.0,
 ) -> None:
     """Write contexts (JSONL, Parquet or token ids), duplicates, rejects and a manifest."""
@@ -405,6 +432,8 @@ def export(
             overwrite,
             stages.latest_metrics(ws, params),
             _progress_factory()("export"),
+            shard_size=shard_size,
+            drop_last=drop_last,
         )
     typer.echo(
         f"wrote {out} ({fmt}): " + ", ".join(f"{k}={v}" for k, v in manifest["counts"].items())
@@ -456,6 +485,8 @@ def run(
     out: Annotated[Path | None, typer.Option(help="Also export to this folder.")] = None,
     fmt: Annotated[str, typer.Option("--format", help="Export format.")] = "parquet",
     overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    shard_size: ShardSizeOpt = 10_000,
+    drop_last: DropLastOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Re-run every stage.")] = False,
     wait: WaitOpt = 0.0,
     engine: Annotated[
@@ -519,7 +550,15 @@ def run(
         result = stages.latest_metrics(ws, params)
         if out is not None:
             export_module.export_contexts(
-                ws, params, out, fmt, overwrite, result, progress("export")
+                ws,
+                params,
+                out,
+                fmt,
+                overwrite,
+                result,
+                progress("export"),
+                shard_size=shard_size,
+                drop_last=drop_last,
             )
             typer.echo(f"exported to {out} ({fmt})", err=True)
     typer.echo(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}))
@@ -556,6 +595,43 @@ def _run_on_ray(
     typer.echo(f"exported to {out} (parquet, engine ray)", err=True)
     result = manifest["metrics"]
     typer.echo(json.dumps({k: v for k, v in result.items() if not isinstance(v, dict)}))
+
+
+@app.command()
+def tokenizers() -> None:
+    """List the built-in LM tokenizers (--tokenizer NAME); they ship in installed packages."""
+    from icp_core import tokenizer
+
+    for row in tokenizer.list_builtins():
+        installed = f"{row['package']} {row['version']}" if row["version"] else "not installed"
+        typer.echo(f"{row['name']:18s} {row['description']}")
+        typer.echo(f"{'':18s} licence {row['licence']}; from {installed}")
+
+
+@app.command()
+def replay(
+    manifest_path: Annotated[Path, typer.Argument(help="An export's manifest.json (or folder).")],
+    out: Annotated[Path, typer.Option(help="Folder to write the replayed export to.")],
+    workspace: Annotated[
+        Path | None,
+        typer.Option("--workspace", "-w", help="Workspace to build in [a temporary one]."),
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+) -> None:
+    """Re-run an export from its manifest and check the files against its checksums."""
+    from icp_core import replay as replay_module
+
+    differing = replay_module.replay(manifest_path, out, workspace, overwrite, _progress_factory())
+    if differing:
+        for name in differing:
+            typer.echo(f"differs: {name}", err=True)
+        typer.echo(
+            f"replayed into {out}; {len(differing)} file(s) differ from the manifest "
+            "(another machine, library version or input?)",
+            err=True,
+        )
+        raise typer.Exit(1)
+    typer.echo(f"replayed into {out}: every file matches the manifest's checksums")
 
 
 @app.command()

@@ -85,6 +85,15 @@ def model_key(model_path: str, max_tokens: int | None) -> str:
     return f"{name}:{digest.hexdigest()}:max_tokens={max_tokens or 'model'}"
 
 
+def model_max_tokens(model_path: Path) -> int | None:
+    """The tokens a sentence-transformers folder embeds by default (its max_seq_length)."""
+    config = model_path / "sentence_bert_config.json"
+    try:
+        return int(json.loads(config.read_text())["max_seq_length"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def pick_device(device: str = "auto") -> str:
     """`auto` picks CUDA when present, else CPU."""
     if device != "auto":

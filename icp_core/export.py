@@ -1,17 +1,29 @@
-"""Export: write the packed contexts as JSONL, Parquet or token ids, plus a manifest.
+"""Export: write the packed contexts in the layouts trainers read, with a manifest.
 
 The output is a folder, written under a temporary name and renamed at the end, so a killed
-export never leaves a partial result under the final name. It always holds `manifest.json`,
-`duplicates.jsonl` (removed documents and the kept document each one copies) and
-`rejects.jsonl` (rows that never became documents), next to one of:
+export never leaves a partial result under the final name. Formats:
 
-- `contexts.jsonl` / `contexts.parquet`: one row per context with `context`, `text` (its
-  document pieces, each followed by the separator unless the document continues in another
-  context), `doc_ids` (input ids, in order), `doc_token_start`/`doc_token_end` (which tokens
-  of each document the piece holds: a document cut by a context boundary continues elsewhere)
-  and `n_tokens`;
-- `tokens.bin` (flat uint16/uint32 token ids) and `offsets.npy` (int64, n_contexts + 1):
-  context i is `np.memmap("tokens.bin", dtype)[offsets[i]:offsets[i + 1]]`.
+- `parquet` / `jsonl`: a Hugging Face dataset folder. `data/train-00000-of-0000N.parquet`
+  (or `.jsonl`) shards of `--shard-size` contexts and a dataset card `README.md` whose
+  `configs` point at them, so `datasets.load_dataset(OUT_DIR)` returns the contexts. One row
+  per context (`CONTEXT_SCHEMA`): `context`, `doc_ids` (input ids, in order), `text` (the
+  document pieces, each followed by the separator's text unless the document continues in
+  another context), `input_ids` (the context's token ids, exactly what the token file holds
+  for it, without padding), `doc_lengths` (tokens of each document piece, its separator
+  included; they sum to len(input_ids)), `doc_token_start`/`doc_token_end` (which tokens of
+  each document the piece holds), `n_tokens`. `text` is for reading: where a context boundary
+  falls inside a character that a byte-level tokenizer spread over several tokens, the
+  character appears whole in the next context's `text`, while decoding `input_ids` shows its
+  partial bytes (U+FFFD) at the cut.
+- `tokens`: `tokens.ds` (token ids back to back, every context exactly `context_length`
+  tokens: `split` contexts are full but for the last, `whole` ones padded with the recorded
+  pad id) with `tokens.ds.index` (uint64 end of every document piece and padding run: the
+  datatrove layout) and `offsets.npy` (int64, n_contexts + 1; context i is
+  tokens[offsets[i]:offsets[i + 1]]).
+
+Every folder holds `manifest.json` (`icp_core.manifest`) and, under `removed/`,
+`duplicates.jsonl` (removed documents and the kept document each one copies) and
+`rejects.jsonl` (rows that never became documents).
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +43,26 @@ import numpy as np
 import orjson
 import pyarrow as pa
 
-from icp_core import __version__, _kernels, pack, stages
+from icp_core import _kernels, manifest, stages, tokenizer
 from icp_core.errors import IcpError, NoSpace
 from icp_core.faults import crash_point
 from icp_core.params import Params
+from icp_core.tokenizer import LMTokenizer
 from icp_core.workspace import Workspace
 
 FORMATS = ("jsonl", "parquet", "tokens")
+DEFAULT_SHARD_SIZE = 10_000  # contexts per Parquet/JSONL shard
+DATA_FOLDER = "data"
+REMOVED_FOLDER = "removed"
 _PIECE_ROWS = 4096
-# One row per context in contexts.parquet (and in the Ray engine's contexts-*.parquet files).
+# One row per context in the Parquet/JSONL shards (and in the Ray engine's).
 CONTEXT_SCHEMA = pa.schema(
     [
         ("context", pa.int64()),
-        ("text", pa.string()),
         ("doc_ids", pa.list_(pa.string())),
+        ("text", pa.string()),
+        ("input_ids", pa.list_(pa.int32())),
+        ("doc_lengths", pa.list_(pa.int32())),
         ("doc_token_start", pa.list_(pa.int64())),
         ("doc_token_end", pa.list_(pa.int64())),
         ("n_tokens", pa.int64()),
@@ -59,47 +77,123 @@ def _noop(done: int, total: int) -> None:
 
 
 def piece_char_spans(
-    tokenizer,
-    texts: list[str],
+    lm: LMTokenizer,
+    texts: list[str | None],
     docs: np.ndarray,
     start: np.ndarray,
     end: np.ndarray,
     n_tokens: np.ndarray,
+    split_texts: dict[int, str],
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Characters of each piece's text that its tokens [start, end) cover.
+    """Characters of each piece's document text that its tokens [start, end) cover.
 
     Consecutive pieces of one document tile its text exactly (the first starts at 0, the last
     ends at len(text)). Only documents cut into several pieces are tokenized again (once
-    each, for the character offsets); whole documents need no tokenizer.
+    each, for the character offsets).
 
     Args:
-        texts: per piece, its document's text; docs: (P,) document of each piece.
+        texts: per piece, its document's text, or None for a piece of a split document.
+        docs: (P,) document of each piece; split_texts: the split documents' texts by doc.
         start, end: (P,) token span of each piece; n_tokens: (P,) its document's token count.
 
     Returns:
-        lo, hi: (P,) int64 character offsets, piece text = texts[p][lo[p]:hi[p]].
+        lo, hi: (P,) int64 character offsets, piece text = text[lo[p]:hi[p]].
     """
-    length = np.fromiter((len(text) for text in texts), dtype=np.int64, count=len(texts))
+    full_texts = [
+        text if text is not None else split_texts[d]
+        for text, d in zip(texts, docs.tolist(), strict=True)
+    ]
+    length = np.fromiter((len(text) for text in full_texts), dtype=np.int64, count=len(texts))
     whole = (start == 0) & (end == n_tokens)
     # a bound at 0 is the text's start, one at the document's end (or past it, inside its
     # separator) the text's end; the bounds in between need the tokenizer's offsets
     lo = np.where(whole | (start == 0), 0, np.where(start >= n_tokens, length, -1))
     hi = np.where(whole, length, np.where(end == 0, 0, np.where(end >= n_tokens, length, -1)))
     inner = np.flatnonzero((lo < 0) | (hi < 0))
-    if len(inner) == 0:
-        return lo, hi
-    _, first, which = np.unique(docs[inner], return_index=True, return_inverse=True)
-    encodings = tokenizer.encode_batch([texts[inner[i]] for i in first], add_special_tokens=False)
-    token_char = [
-        np.fromiter((o[0] for o in e.offsets), dtype=np.int64, count=len(e.offsets))
-        for e in encodings
-    ]
-    for row, doc_index in zip(inner.tolist(), which.tolist(), strict=True):
+    starts = {int(d): lm.char_starts(split_texts[int(d)]) for d in np.unique(docs[inner])}
+    for row in inner.tolist():
+        char_start = starts[int(docs[row])]
         if lo[row] < 0:
-            lo[row] = token_char[doc_index][start[row]]
+            lo[row] = char_start[start[row]]
         if hi[row] < 0:
-            hi[row] = token_char[doc_index][end[row]]
+            hi[row] = char_start[end[row]]
     return lo, hi
+
+
+def context_rows(
+    lm: LMTokenizer,
+    sep_ids: np.ndarray,
+    pieces: dict[str, np.ndarray],
+    piece_token_ids: np.ndarray,
+    piece_token_offsets: np.ndarray,
+    texts: list[str | None],
+    split_texts: dict[int, str],
+    ids: pa.Array,
+) -> pa.Table:
+    """Pieces, sorted by (context, slot), rendered as one `CONTEXT_SCHEMA` row per context.
+
+    Args:
+        pieces: (P,) arrays per piece: context, doc, start, end, sep (see `pack.Packing`) and
+            n_tokens (its document's token count).
+        piece_token_ids, piece_token_offsets: the document tokens [start, end) of piece p are
+            piece_token_ids[piece_token_offsets[p]:piece_token_offsets[p + 1]].
+        texts, split_texts: see `piece_char_spans`; ids: per piece, its document's input id.
+    """
+    context, docs, start, end, sep = (
+        pieces[name] for name in ("context", "doc", "start", "end", "sep")
+    )
+    lo, hi = piece_char_spans(lm, texts, docs, start, end, pieces["n_tokens"], split_texts)
+    separator_texts: dict[tuple[int, bool], str] = {}
+
+    def separator_text(n_sep: int, first: int, last: int) -> str:
+        key = (n_sep, first == last and first > 0)
+        if key not in separator_texts:
+            part = separator_part(sep_ids, n_sep, first, last).tolist()
+            separator_texts[key] = lm.decode(part)
+        return separator_texts[key]
+
+    full_texts = [
+        text if text is not None else split_texts[d]
+        for text, d in zip(texts, docs.tolist(), strict=True)
+    ]
+    parts = [
+        text[a:b] + (separator_text(n_sep, first, last) if n_sep else "")
+        for text, a, b, n_sep, first, last in zip(
+            full_texts,
+            lo.tolist(),
+            hi.tolist(),
+            sep.tolist(),
+            start.tolist(),
+            end.tolist(),
+            strict=True,
+        )
+    ]
+    piece_lengths = end - start + sep
+    tokens = piece_tokens(piece_token_ids, piece_token_offsets, start, end, sep, sep_ids)
+    firsts = np.flatnonzero(np.diff(context, prepend=-1))
+    bounds = [*firsts.tolist(), len(parts)]
+    piece_offsets = pa.array(bounds, pa.int32())
+    token_bounds = np.concatenate([[0], np.cumsum(piece_lengths)])[bounds]
+    return pa.table(
+        {
+            "context": pa.array(context[firsts], pa.int64()),
+            "doc_ids": pa.ListArray.from_arrays(piece_offsets, pa.array(ids, pa.string())),
+            "text": pa.array(
+                ["".join(parts[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
+                pa.string(),
+            ),
+            "input_ids": pa.ListArray.from_arrays(
+                pa.array(token_bounds, pa.int64()), pa.array(tokens, pa.int32())
+            ).cast(pa.list_(pa.int32())),
+            "doc_lengths": pa.ListArray.from_arrays(
+                piece_offsets, pa.array(piece_lengths, pa.int32())
+            ),
+            "doc_token_start": pa.ListArray.from_arrays(piece_offsets, pa.array(start, pa.int64())),
+            "doc_token_end": pa.ListArray.from_arrays(piece_offsets, pa.array(end, pa.int64())),
+            "n_tokens": pa.array(np.add.reduceat(piece_lengths, firsts), pa.int64()),
+        },
+        schema=CONTEXT_SCHEMA,
+    )
 
 
 def separator_part(sep_ids: np.ndarray, sep: int, start: int, end: int) -> np.ndarray:
@@ -109,21 +203,26 @@ def separator_part(sep_ids: np.ndarray, sep: int, start: int, end: int) -> np.nd
     return sep_ids[len(sep_ids) - sep :] if continuation else sep_ids[:sep]
 
 
+# A piece's tokens are sliced from its document's cached ids in SQL (lists are 1-based), and
+# a document's text comes along only when the piece holds all of it: the pieces of a split
+# document fetch its text once per table (`_split_texts`), not once per piece.
 _PIECES_SQL = """
-    SELECT c.context, c.doc, c.token_start, c.token_end, c.sep_tokens,
-           max(c.token_end) OVER (PARTITION BY c.doc) AS n_tokens, d.id, d.text, d.text_hash
+    SELECT c.context, c.doc, c.token_start, c.token_end, c.sep_tokens, t.n_tokens, d.id,
+           CASE WHEN c.token_start = 0 AND c.token_end = t.n_tokens THEN d.text END AS text,
+           t.ids[c.token_start + 1 : c.token_end] AS piece_ids
     FROM contexts c JOIN documents d USING (doc)
+    JOIN (SELECT text_hash, any_value(n_tokens) AS n_tokens, any_value(ids) AS ids
+          FROM token_cache WHERE tokenizer_key = ? AND ids IS NOT NULL GROUP BY text_hash) t
+    USING (text_hash)
+    WHERE c.context < ?
     ORDER BY c.context, c.slot"""
 
 
-def _pieces(ws: Workspace) -> Iterator[pa.Table]:
-    """The packed pieces in (context, slot) order with their documents, streamed in tables
-    of about `_PIECE_ROWS` pieces that each hold whole contexts.
-
-    A document's token count is the end of its last piece (its pieces tile its tokens).
-    """
+def _pieces(ws: Workspace, tokenizer_key: str, n_contexts: int) -> Iterator[pa.Table]:
+    """The packed pieces of contexts 0..n_contexts-1 in (context, slot) order, streamed in
+    tables of about `_PIECE_ROWS` pieces that each hold whole contexts."""
     held: pa.Table | None = None
-    for batch in ws.arrow_batches(_PIECES_SQL, rows=_PIECE_ROWS):
+    for batch in ws.arrow_batches(_PIECES_SQL, [tokenizer_key, n_contexts], rows=_PIECE_ROWS):
         table = pa.Table.from_batches([batch])
         if held is not None:
             table = pa.concat_tables([held, table])
@@ -136,173 +235,255 @@ def _pieces(ws: Workspace) -> Iterator[pa.Table]:
         yield held
 
 
-def _piece_arrays(table: pa.Table) -> tuple[np.ndarray, ...]:
-    return tuple(
-        table.column(name).to_numpy().astype(np.int64)
-        for name in ("context", "doc", "token_start", "token_end", "sep_tokens", "n_tokens")
-    )
+def _split_texts(ws: Workspace, table: pa.Table) -> dict[int, str]:
+    missing = table.filter(pa.compute.is_null(table.column("text")))
+    docs = np.unique(missing.column("doc").to_numpy()).tolist()
+    if not docs:
+        return {}
+    rows = ws.arrow("SELECT doc, text FROM documents WHERE doc IN (SELECT unnest(?))", [docs])
+    return dict(zip(rows.column("doc").to_pylist(), rows.column("text").to_pylist(), strict=True))
 
 
-def _tokenizer_key(ws: Workspace) -> str:
-    return ws.stage_state("pack")["params"]["tokenizer_key"]
-
-
-def context_rows(
-    tokenizer,
-    sep_ids: np.ndarray,
-    context: np.ndarray,
-    docs: np.ndarray,
+def piece_tokens(
+    piece_token_ids: np.ndarray,
+    piece_token_offsets: np.ndarray,
     start: np.ndarray,
     end: np.ndarray,
     sep: np.ndarray,
-    n_tokens: np.ndarray,
-    texts: list[str],
-    ids: pa.Array,
-) -> pa.Table:
-    """Pieces, sorted by (context, slot), rendered as one `CONTEXT_SCHEMA` row per context.
+    sep_ids: np.ndarray,
+) -> np.ndarray:
+    """(sum of piece lengths,) int32: each piece's document tokens then its separator part,
+    pieces back to back. Piece p's document tokens [start, end) are
+    piece_token_ids[piece_token_offsets[p]:piece_token_offsets[p + 1]]."""
+    tokens = np.empty(int((end - start + sep).sum()), dtype=np.int32)
+    # the kernel indexes a document's tokens from its offset; a piece's tokens start at `start`
+    _kernels.write_piece_tokens(
+        piece_token_ids.astype(np.int64, copy=False),
+        piece_token_offsets[:-1] - start,
+        np.arange(len(start), dtype=np.int64),
+        start,
+        end,
+        sep,
+        sep_ids.astype(np.int64),
+        tokens,
+        0,
+    )
+    return tokens
 
-    Args:
-        context, docs, start, end, sep: (P,) per piece (see `pack.Packing`).
-        n_tokens: (P,) token count of each piece's document.
-        texts, ids: per piece, its document's text and input id.
-    """
-    lo, hi = piece_char_spans(tokenizer, texts, docs, start, end, n_tokens)
-    separator_texts: dict[tuple[int, bool], str] = {}
 
-    def separator_text(n_sep: int, first: int, last: int) -> str:
-        key = (n_sep, first == last and first > 0)
-        if key not in separator_texts:
-            part = separator_part(sep_ids, n_sep, first, last).tolist()
-            separator_texts[key] = tokenizer.decode(part, skip_special_tokens=False)
-        return separator_texts[key]
+@dataclass(frozen=True)
+class ExportPlan:
+    """What an export writes: contexts 0..n_contexts-1 of the workspace's packing."""
 
-    parts = [
-        text[a:b] + (separator_text(n_sep, first, last) if n_sep else "")
-        for text, a, b, n_sep, first, last in zip(
-            texts,
-            lo.tolist(),
-            hi.tolist(),
-            sep.tolist(),
-            start.tolist(),
-            end.tolist(),
-            strict=True,
-        )
-    ]
-    firsts = np.flatnonzero(np.diff(context, prepend=-1))
-    bounds = [*firsts.tolist(), len(parts)]
-    offsets = pa.array(bounds, pa.int32())
-    return pa.table(
-        {
-            "context": pa.array(context[firsts], pa.int64()),
-            "text": pa.array(
-                ["".join(parts[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)],
-                pa.string(),
-            ),
-            "doc_ids": pa.ListArray.from_arrays(offsets, pa.array(ids, pa.string())),
-            "doc_token_start": pa.ListArray.from_arrays(offsets, pa.array(start, pa.int64())),
-            "doc_token_end": pa.ListArray.from_arrays(offsets, pa.array(end, pa.int64())),
-            "n_tokens": pa.array(np.add.reduceat(end - start + sep, firsts), pa.int64()),
-        },
-        schema=CONTEXT_SCHEMA,
+    lm: LMTokenizer
+    sep_ids: np.ndarray
+    pad_id: int
+    n_contexts: int
+    context_length: int
+    padded: bool  # `whole` packing: the token file pads every context to context_length
+    dropped_last: dict[str, Any] | None  # the short last context --drop-last left out
+
+
+def plan_export(ws: Workspace, params: Params, drop_last: bool = False) -> ExportPlan:
+    packing = stages.read_packing(ws)
+    pack_state = ws.stage_state("pack")["params"]
+    n_contexts = packing.n_contexts
+    dropped = None
+    if drop_last and params.pack == "split" and n_contexts:
+        last_tokens = int(packing.context_tokens()[-1])
+        if last_tokens < params.context_length:
+            n_contexts -= 1
+            docs = packing.doc[packing.context == n_contexts]
+            ids = ws.arrow(
+                "SELECT id FROM documents WHERE doc IN (SELECT unnest(?)) ORDER BY doc",
+                [np.unique(docs).tolist()],
+            )
+            dropped = {
+                "context": n_contexts,
+                "n_tokens": last_tokens,
+                "doc_ids": ids.column("id").to_pylist(),
+            }
+    return ExportPlan(
+        lm=stages.lm_tokenizer(params),
+        sep_ids=np.asarray(pack_state["separator_ids"], dtype=np.int64),
+        pad_id=int(pack_state["pad_id"]),
+        n_contexts=n_contexts,
+        context_length=params.context_length,
+        padded=params.pack == "whole",
+        dropped_last=dropped,
     )
 
 
-def _context_tables(ws: Workspace, params: Params, report: Report) -> Iterator[pa.Table]:
+def _piece_arrays(table: pa.Table) -> dict[str, np.ndarray]:
+    names = {"context": "context", "doc": "doc", "start": "token_start", "end": "token_end"}
+    names.update(sep="sep_tokens", n_tokens="n_tokens")
+    arrays = {key: table.column(col).to_numpy().astype(np.int64) for key, col in names.items()}
+    piece_ids = table.column("piece_ids").combine_chunks()
+    arrays["ids"] = piece_ids.flatten().to_numpy(zero_copy_only=False)
+    arrays["id_offsets"] = np.asarray(piece_ids.offsets.to_numpy(), dtype=np.int64)
+    arrays["id_offsets"] -= arrays["id_offsets"][0]
+    return arrays
+
+
+def _context_tables(ws: Workspace, plan: ExportPlan, report: Report) -> Iterator[pa.Table]:
     """Tables of contexts in `CONTEXT_SCHEMA`, streamed from the workspace."""
-    tokenizer = pack.load_tokenizer(str(stages._tokenizer_for(params)))
-    sep_ids = np.asarray(stages.separator_for(params), dtype=np.int64)
-    n_contexts = int(ws.scalar("SELECT count(DISTINCT context) FROM contexts"))
     done = 0
-    for table in _pieces(ws):
-        context, docs, start, end, sep, n_tokens = _piece_arrays(table)
+    for table in _pieces(ws, plan.lm.key, plan.n_contexts):
+        arrays = _piece_arrays(table)
         rows = context_rows(
-            tokenizer,
-            sep_ids,
-            context,
-            docs,
-            start,
-            end,
-            sep,
-            n_tokens,
+            plan.lm,
+            plan.sep_ids,
+            arrays,
+            arrays["ids"],
+            arrays["id_offsets"],
             table.column("text").to_pylist(),
+            _split_texts(ws, table),
             table.column("id").combine_chunks(),
         )
         yield rows
         done += rows.num_rows
-        report(done, n_contexts)
+        report(done, plan.n_contexts)
 
 
-def _write_jsonl(tables: Iterator[pa.Table], path: Path) -> int:
-    count = 0
-    with open(path, "wb") as handle:
-        for table in tables:
-            handle.write(b"".join(orjson.dumps(row) + b"\n" for row in table.to_pylist()))
-            count += table.num_rows
-    return count
+def _shard_names(n_contexts: int, shard_size: int, suffix: str) -> list[str]:
+    n_shards = max(1, -(-n_contexts // shard_size))
+    return [f"train-{i:05d}-of-{n_shards:05d}.{suffix}" for i in range(n_shards)]
 
 
-def _write_parquet(tables: Iterator[pa.Table], path: Path) -> int:
+def _write_shards(
+    tables: Iterator[pa.Table], folder: Path, fmt: str, n_contexts: int, shard_size: int
+) -> list[str]:
+    """Contexts 0..n-1 (arriving in order) into shards of `shard_size` contexts each."""
     import pyarrow.parquet as pq
 
-    count = 0
-    with pq.ParquetWriter(path, CONTEXT_SCHEMA) as writer:
+    names = _shard_names(n_contexts, shard_size, fmt)
+    (folder / DATA_FOLDER).mkdir()
+    handles: dict[int, Any] = {}
+
+    def handle(shard: int) -> Any:
+        if shard not in handles:
+            path = folder / DATA_FOLDER / names[shard]
+            handles[shard] = (
+                pq.ParquetWriter(path, CONTEXT_SCHEMA) if fmt == "parquet" else open(path, "wb")  # noqa: SIM115 (closed in the finally below)
+            )
+        return handles[shard]
+
+    try:
         for table in tables:
-            writer.write_table(table)
-            count += table.num_rows
-        if count == 0:
-            writer.write_table(CONTEXT_SCHEMA.empty_table())
-    return count
+            shard_of = table.column("context").to_numpy() // shard_size
+            for shard in np.unique(shard_of).tolist():
+                part = table.filter(pa.array(shard_of == shard))
+                if fmt == "parquet":
+                    handle(shard).write_table(part)
+                else:
+                    handle(shard).write(_jsonl_lines(part))
+        for shard in range(len(names)):  # no contexts at all: one empty shard
+            if shard not in handles and fmt == "parquet":
+                handle(shard).write_table(CONTEXT_SCHEMA.empty_table())
+            handle(shard)
+    finally:
+        for opened in handles.values():
+            opened.close()
+    return names
 
 
-def _document_ids(
-    tokenizer, key: str, texts: list[str], hashes: list[str]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Token ids of documents (flat ids, offsets as `pack.token_ids`), reusing the ids the
-    pack stage of this process kept, tokenizing the others in one batch."""
-    kept = [pack.RECENT_TOKEN_IDS.get(key, text_hash) for text_hash in hashes]
-    missing = [row for row, ids in enumerate(kept) if ids is None]
-    if missing:
-        ids, offsets = pack.token_ids(tokenizer, [texts[row] for row in missing])
-        for i, row in enumerate(missing):
-            kept[row] = ids[offsets[i] : offsets[i + 1]]
-    offsets = np.zeros(len(kept) + 1, dtype=np.int64)
-    np.cumsum([len(ids) for ids in kept], out=offsets[1:])
-    flat = np.concatenate(kept) if kept else np.zeros(0, dtype=np.uint32)
-    return flat.astype(np.uint32, copy=False), offsets
+def _jsonl_lines(table: pa.Table) -> bytes:
+    """Rows of a `CONTEXT_SCHEMA` table as JSON lines. The long token lists go to orjson as
+    numpy slices (serialised in C), not as lists of Python ints."""
+    columns = {}
+    for name in table.column_names:
+        column = table.column(name).combine_chunks()
+        if pa.types.is_list(column.type) and pa.types.is_integer(column.type.value_type):
+            values = column.flatten().to_numpy()
+            offsets = column.offsets.to_numpy()
+            columns[name] = [values[a:b] for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        else:
+            columns[name] = column.to_pylist()
+    names = list(columns)
+    return b"".join(
+        orjson.dumps(dict(zip(names, row, strict=True)), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+        for row in zip(*columns.values(), strict=True)
+    )
 
 
-def _write_tokens(ws: Workspace, params: Params, folder: Path, report: Report) -> dict[str, Any]:
-    tokenizer = pack.load_tokenizer(str(stages._tokenizer_for(params)))
-    key = _tokenizer_key(ws)
-    sep_ids = np.asarray(stages.separator_for(params), dtype=np.uint32)
-    dtype = np.uint16 if tokenizer.get_vocab_size(with_added_tokens=True) <= 2**16 else np.uint32
-    packing = stages.read_packing(ws)
-    total = int(packing.tokens.sum())
-    offsets = np.zeros(packing.n_contexts + 1, dtype=np.int64)
-    np.cumsum(packing.context_tokens(), out=offsets[1:])
-    flat = np.memmap(folder / "tokens.bin", dtype=dtype, mode="w+", shape=(max(total, 1),))
-    position = 0
-    for table in _pieces(ws):
-        _, docs, start, end, sep, _ = _piece_arrays(table)
-        _, first, local_doc = np.unique(docs, return_index=True, return_inverse=True)
-        texts = table.column("text").take(pa.array(first)).to_pylist()
-        hashes = table.column("text_hash").take(pa.array(first)).to_pylist()
-        doc_ids, doc_offsets = _document_ids(tokenizer, key, texts, hashes)
-        position = _kernels.write_piece_tokens(
-            doc_ids, doc_offsets, local_doc, start, end, sep, sep_ids, np.asarray(flat), position
-        )
-        report(int(np.searchsorted(offsets, position, side="right")) - 1, packing.n_contexts)
-    if position != total:
+def write_dataset_card(folder: Path, fmt: str, context_length: int, lm: LMTokenizer) -> None:
+    """A dataset card whose `configs` make `datasets.load_dataset(folder)` read the shards."""
+    info = lm.info
+    (folder / "README.md").write_text(
+        f"""---
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: {DATA_FOLDER}/train-*.{fmt}
+---
+# In-context pretraining contexts
+
+Written by icp-workbench: related documents ordered along their nearest-neighbour graph and
+cut into contexts of {context_length} tokens ({info.name} tokenizer). One row per context:
+`input_ids` are the tokens to train on, with full attention across the documents of a
+context (that is where in-context pretraining's gains come from); `doc_lengths` gives each
+document piece's tokens, its separator included, for those who choose per-document masking.
+See `manifest.json` for everything that produced this folder.
+""",
+        encoding="utf-8",
+    )
+
+
+def _write_tokens(ws: Workspace, plan: ExportPlan, folder: Path, report: Report) -> dict[str, Any]:
+    """`tokens.ds`, `tokens.ds.index` and `offsets.npy` (see the module docstring)."""
+    dtype = plan.lm.token_dtype()
+    filled = stages.read_packing(ws).context_tokens()[: plan.n_contexts]
+    lengths = np.full(plan.n_contexts, plan.context_length) if plan.padded else filled
+    offsets = np.zeros(plan.n_contexts + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    total = int(offsets[-1])
+    flat = np.memmap(folder / "tokens.ds", dtype=dtype, mode="w+", shape=(max(total, 1),))
+    written = 0
+    with open(folder / "tokens.ds.index", "wb") as index:
+        for table in _pieces(ws, plan.lm.key, plan.n_contexts):
+            arrays = _piece_arrays(table)
+            start, end, sep = arrays["start"], arrays["end"], arrays["sep"]
+            tokens = piece_tokens(
+                arrays["ids"], arrays["id_offsets"], start, end, sep, plan.sep_ids
+            )
+            context = arrays["context"]
+            piece_lengths = end - start + sep
+            # a piece's place: its context's offset plus the tokens before it in the context
+            first = np.flatnonzero(np.diff(context, prepend=-1))
+            before = np.cumsum(piece_lengths) - piece_lengths
+            before -= np.repeat(before[first], np.diff(np.append(first, len(context))))
+            piece_at = offsets[context] + before
+            flat[
+                np.repeat(piece_at - np.cumsum(piece_lengths) + piece_lengths, piece_lengths)
+                + np.arange(len(tokens))
+            ] = tokens
+            ends = piece_at + piece_lengths
+            contexts = context[first]
+            if plan.padded:
+                pad_from = offsets[contexts] + filled[contexts]
+                for c, a in zip(contexts.tolist(), pad_from.tolist(), strict=True):
+                    flat[a : offsets[c + 1]] = plan.pad_id
+                ends = np.concatenate([ends, offsets[contexts + 1]])
+            index.write(np.unique(ends).astype(np.uint64).tobytes())
+            written += int(piece_lengths.sum())
+            report(int(contexts[-1]) + 1, plan.n_contexts)
+    if written != int(filled.sum()):
         raise IcpError(
-            f"token export wrote {position} tokens where the packing holds {total}; "
-            "the tokenizer changed since `icp pack`: re-run it"
+            f"token export wrote {written} tokens where the packing holds {int(filled.sum())}; "
+            "the workspace changed during export: re-run `icp export`"
         )
     flat.flush()
     del flat
     if total == 0:
-        os.truncate(folder / "tokens.bin", 0)
+        os.truncate(folder / "tokens.ds", 0)
     np.save(folder / "offsets.npy", offsets)
-    return {"dtype": np.dtype(dtype).name, "n_tokens": total, "n_contexts": packing.n_contexts}
+    return {
+        "n_tokens": total,
+        "n_padding": total - int(filled.sum()),
+        "token_dtype": dtype.name,
+        "token_size": dtype.itemsize,
+    }
 
 
 def _write_removed(ws: Workspace, folder: Path) -> None:
@@ -313,29 +494,34 @@ def _write_removed(ws: Workspace, folder: Path) -> None:
            ORDER BY r.doc"""
     )
     rejects = ws.arrow("SELECT source, line, id, reason, raw FROM rejects")
+    (folder / REMOVED_FOLDER).mkdir()
     for table, name in ((duplicates, "duplicates.jsonl"), (rejects, "rejects.jsonl")):
-        with open(folder / name, "wb") as handle:
+        with open(folder / REMOVED_FOLDER / name, "wb") as handle:
             for row in table.to_pylist():
                 handle.write(orjson.dumps(row) + b"\n")
 
 
-MANIFEST_TOOL = "icp-workbench"
-# written into a staging folder while it is being filled, holding the writer's PID: the proof
-# that a `.NAME.partial-*` folder is ours, and whether its writer is still alive
-_PARTIAL_MARKER = ".icp-partial"
+# a file `STAGING.owner` next to each staging folder while it is filled, holding the writer's
+# PID: the proof that a `.NAME.partial-*` folder is ours, and whether its writer still runs
+# (beside the folder, not in it, so that the manifest never lists it)
+_OWNER_SUFFIX = ".owner"
+
+
+def _owner_file(staging: Path) -> Path:
+    return staging.with_name(staging.name + _OWNER_SUFFIX)
 
 
 def is_icp_export(path: str | Path) -> bool:
     """True when `path` is a folder holding an export of this tool: a `manifest.json` that is a
     JSON object with `"tool": "icp-workbench"` (the only manifest key relied on here)."""
-    manifest = Path(path) / "manifest.json"
+    manifest_file = Path(path) / manifest.MANIFEST
     try:
-        if Path(path).is_symlink() or not manifest.is_file():
+        if Path(path).is_symlink() or not manifest_file.is_file():
             return False
-        data = json.loads(manifest.read_text(encoding="utf-8"))
+        data = json.loads(manifest_file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(data, dict) and data.get("tool") == MANIFEST_TOOL
+    return isinstance(data, dict) and data.get("tool") == manifest.TOOL
 
 
 def _why_not_replace(out: Path, keep: Collection[Path]) -> str | None:
@@ -360,16 +546,18 @@ def _why_not_replace(out: Path, keep: Collection[Path]) -> str | None:
 
 
 def _clear_stale_partials(parent: Path, name: str) -> None:
-    """Remove `.NAME.partial-*` folders left by killed exports: only those holding our marker
-    whose writing process is gone (a live export to the same --out keeps its folder)."""
-    for stale in parent.glob(f".{name}.partial-*"):
+    """Remove `.NAME.partial-*` folders left by killed exports: only those with an owner file
+    whose writing process is gone (a live export to the same --out keeps its folder; a folder
+    without an owner file is not provably ours and stays)."""
+    for owner in parent.glob(f".{name}.partial-*{_OWNER_SUFFIX}"):
         try:
-            pid = int((stale / _PARTIAL_MARKER).read_text())
+            pid = int(owner.read_text())
         except (OSError, ValueError):
-            continue  # not provably ours: leave it
+            continue
         if pid != os.getpid() and _alive(pid):
             continue
-        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(owner.with_name(owner.name.removesuffix(_OWNER_SUFFIX)), ignore_errors=True)
+        owner.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:
@@ -435,7 +623,7 @@ def staged_folder(
         parent.mkdir(parents=True, exist_ok=True)
         _clear_stale_partials(parent, out.name)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-        (staging / _PARTIAL_MARKER).write_text(str(os.getpid()))
+        _owner_file(staging).write_text(str(os.getpid()))
         staging.chmod(0o777 & ~_umask())
     except OSError as err:
         raise IcpError(
@@ -444,7 +632,6 @@ def staged_folder(
     aside: Path | None = None  # the earlier export, moved here until the new one is in place
     try:
         yield staging
-        (staging / _PARTIAL_MARKER).unlink()
         if out.exists():
             aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
             os.replace(out, aside / out.name)
@@ -465,6 +652,8 @@ def staged_folder(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        _owner_file(staging).unlink(missing_ok=True)
 
 
 def export_contexts(
@@ -475,8 +664,15 @@ def export_contexts(
     overwrite: bool = False,
     metrics: dict[str, Any] | None = None,
     report: Report = _noop,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    drop_last: bool = False,
 ) -> dict[str, Any]:
     """Write the workspace's contexts to the folder `out`; returns the manifest.
+
+    Args:
+        shard_size: contexts per Parquet/JSONL shard.
+        drop_last: leave out the `split` packing's last context when it is shorter than the
+            context length (recorded in the manifest as `dropped_last`).
 
     Raises:
         IcpError: unknown format, `out` exists without overwrite, no contexts yet, or a write
@@ -484,54 +680,76 @@ def export_contexts(
     """
     if fmt not in FORMATS:
         raise IcpError(f"unknown export format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    if shard_size < 1:
+        raise IcpError(f"--shard-size {shard_size}: must be at least 1")
     if not ws.has_table("contexts"):
         raise IcpError("no contexts yet; run `icp pack` (or `icp run`) first")
+    plan = plan_export(ws, params, drop_last)
     with staged_folder(out, overwrite, keep=[ws.path]) as staging:
-        files_info: dict[str, Any] = {}
-        if fmt == "jsonl":
-            files_info["n_contexts"] = _write_jsonl(
-                _context_tables(ws, params, report), staging / "contexts.jsonl"
-            )
-        elif fmt == "parquet":
-            files_info["n_contexts"] = _write_parquet(
-                _context_tables(ws, params, report), staging / "contexts.parquet"
-            )
+        counts: dict[str, Any] = {"n_contexts": plan.n_contexts}
+        if fmt == "tokens":
+            counts.update(_write_tokens(ws, plan, staging, report))
         else:
-            files_info.update(_write_tokens(ws, params, staging, report))
+            tables = _context_tables(ws, plan, report)
+            counts["shards"] = len(_write_shards(tables, staging, fmt, plan.n_contexts, shard_size))
+            write_dataset_card(staging, fmt, plan.context_length, plan.lm)
         _write_removed(ws, staging)
-        manifest = _manifest(ws, params, fmt, files_info, metrics, staging)
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        result = manifest.build(
+            engine="local",
+            fmt=fmt,
+            parameters=resolved_parameters(ws, params),
+            model=manifest.model_info(params),
+            tokenizer=manifest.tokenizer_info(plan.lm, plan.sep_ids.tolist(), plan.pad_id),
+            inputs=input_sources(ws),
+            counts=counts,
+            metrics=metrics,
+            folder=staging,
+            extra={
+                "export": {"shard_size": shard_size, "drop_last": drop_last},
+                "dropped_last": plan.dropped_last,
+                "run": {"stages": _stage_summaries(ws)},
+            },
+        )
+        manifest.write(staging, result)
         crash_point("export.staged")
-    return manifest
+    return result
 
 
-def _manifest(
-    ws: Workspace,
-    params: Params,
-    fmt: str,
-    files_info: dict[str, Any],
-    metrics: dict[str, Any] | None,
-    folder: Path,
-) -> dict[str, Any]:
-    sources = ws.arrow(
-        "SELECT source, content_hash, format, n_documents, n_rejected FROM sources"
+def resolved_parameters(ws: Workspace, params: Params) -> dict[str, Any]:
+    """The parameters as they ran: `auto` device and index replaced by what the stages used,
+    the tokenizer by its name, the embedding length by the model's limit."""
+    resolved = params.to_dict()
+    embed_counts = (ws.stage_state("embed") or {}).get("counts") or {}
+    knn_counts = (ws.stage_state("knn") or {}).get("counts") or {}
+    # with imported vectors no model ran: no device
+    resolved["device"] = None if params.vectors else embed_counts.get("device") or params.device
+    resolved["index"] = knn_counts.get("index") or params.index
+    name, path = tokenizer.resolve(params.tokenizer)
+    resolved["tokenizer"] = name if name in tokenizer.BUILTINS else str(path)
+    for key in ("model", "vectors"):  # absolute, so a replay elsewhere finds them
+        if params.to_dict()[key] and Path(params.to_dict()[key]).exists():
+            resolved[key] = str(Path(params.to_dict()[key]).resolve())
+    if params.max_tokens is None and not params.vectors:
+        resolved["max_tokens"] = embed_counts.get("max_tokens")
+    return resolved
+
+
+def _stage_summaries(ws: Workspace) -> list[dict[str, Any]]:
+    """Each stage's last counts and when it ran (the local counterpart of Ray's stage list)."""
+    summaries = []
+    for stage in ("ingest", "embed", "knn", "dedup", "order", "pack", "metrics"):
+        state = ws.stage_state(stage) or {}
+        summaries.append({"stage": stage, "counts": state.get("counts")})
+    return summaries
+
+
+def input_sources(ws: Workspace) -> list[dict[str, Any]]:
+    """The ingested sources, with absolute paths and their content hashes."""
+    rows = ws.arrow(
+        "SELECT source, format, content_hash, text_field, id_field, n_documents, n_rejected "
+        "FROM sources ORDER BY ingested_at, rowid"
     ).to_pylist()
-    pack_state = ws.stage_state("pack")
-    return {
-        "tool": "icp-workbench",
-        "version": __version__,
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "format": fmt,
-        "files": {p.name: p.stat().st_size for p in sorted(folder.iterdir())},
-        "parameters": params.to_dict(),
-        "tokenizer_key": pack_state["params"]["tokenizer_key"],
-        "separator_ids": pack_state["params"].get("separator_ids"),
-        "counts": files_info,
-        "metrics": metrics,
-        "source_fingerprint": ws.stage_state("ingest")["fingerprint"],
-        "sources": sources,
-        "stage_fingerprints": {
-            stage: (ws.stage_state(stage) or {}).get("fingerprint")
-            for stage in ("ingest", "embed", "knn", "dedup", "order", "pack")
-        },
-    }
+    for row in rows:
+        row["source"] = str(Path(row["source"]).resolve())
+        row["hash_algorithm"] = "blake2b-128"
+    return rows

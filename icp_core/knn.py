@@ -43,6 +43,11 @@ def _noop(done: int, total: int) -> None:
     return None
 
 
+# indexes whose build draws random numbers (the IVF training sample): their results depend
+# on the seed
+SEEDED_INDEXES = ("ivf",)
+
+
 def resolve_index(index: str, n_docs: int) -> str:
     """The concrete index `auto` stands for at this corpus size."""
     if index not in INDEXES:

@@ -62,7 +62,7 @@ class Params:
     order: str = DEFAULT_ORDER
     seed: int = 0
     context_length: int = 8192
-    tokenizer: str | None = None  # None: the embedding model's tokenizer.json
+    tokenizer: str | None = None  # None: tokenizer.DEFAULT_TOKENIZER (an LM's, not the embedder's)
     separator: str | None = None  # None: the tokenizer's EOS/SEP token
     pack: str = "split"
     shuffle: bool = True

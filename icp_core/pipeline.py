@@ -1,8 +1,9 @@
 """The executor: stage order, skip-if-unchanged, and one `stage_runs` row per stage.
 
-A stage's fingerprint hashes its upstream stages' fingerprints and its own parameters
-(`stages.<stage>_key`). When the stored fingerprint matches, the stage is skipped; so changing
-k re-runs kNN filtering (dedup) and what follows, never the embedding.
+Each stage declares the parameters it reads (`Stage.reads`); its key is built from them (and
+its upstream stages' fingerprints), never written by hand, so a parameter a stage reads
+cannot be missing from its key. When the stored key matches, the stage is skipped; so
+changing k re-runs kNN filtering (dedup) and what follows, never the embedding.
 """
 
 from __future__ import annotations
@@ -34,25 +35,79 @@ def _no_progress(stage: str) -> Report:
 
 @dataclass(frozen=True)
 class Stage:
+    """A pipeline stage.
+
+    reads: the `Params` fields its output depends on; its key is built from their values.
+    resolve: turns those values (only those) into their effective form for the key, where
+        spelling and effect differ (`auto`, a model folder's content); None: the values.
+    covers: whether a stored result serves these parameters too (kNN lists searched deeper).
+    records: values derived from the parameters that readers of the stage's output need,
+        stored next to its key (kNN depth; the separator and pad ids).
+    """
+
     name: str
     upstream: tuple[str, ...]
-    key: Callable[[Params], dict]
+    reads: tuple[str, ...]
     run: Callable[[Workspace, Params, Report], dict]
     tables: tuple[str, ...]
+    resolve: Callable[[Workspace, dict[str, Any]], dict[str, Any]] | None = None
     covers: Callable[[dict, Params], bool] | None = None
+    records: Callable[[Params], dict[str, Any]] | None = None
+
+    def key(self, ws: Workspace, params: Params) -> dict[str, Any]:
+        values = {name: getattr(params, name) for name in self.reads}
+        return self.resolve(ws, values) if self.resolve else values
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("embed", ("ingest",), stages.embed_key, stages.run_embed, ("embeddings",)),
-    Stage("knn", ("embed",), stages.knn_key, stages.run_knn, ("neighbors",), stages.knn_covers),
-    Stage("dedup", ("knn",), stages.dedup_key, stages.run_dedup, ("duplicates",)),
-    Stage("order", ("dedup",), stages.order_key, stages.run_order, ("ordering", "order_drops")),
-    Stage("pack", ("order",), stages.pack_key, stages.run_pack, ("contexts",)),
-    Stage("metrics", ("pack",), stages.metrics_key, stages.run_metrics, ("metrics",)),
+    Stage(
+        "embed",
+        ("ingest",),
+        ("model", "max_tokens", "vectors"),
+        stages.run_embed,
+        ("embeddings",),
+        stages.embed_resolve,
+    ),
+    Stage(
+        "knn",
+        ("embed",),
+        ("index", "seed"),
+        stages.run_knn,
+        ("neighbors",),
+        stages.knn_resolve,
+        stages.knn_covers,  # k: lists are stored deeper than asked
+        stages.knn_records,
+    ),
+    Stage("dedup", ("knn",), ("k", "dedup_threshold"), stages.run_dedup, ("duplicates",)),
+    Stage(
+        "order", ("dedup",), ("order", "k", "seed"), stages.run_order, ("ordering", "order_drops")
+    ),
+    Stage(
+        "pack",
+        ("order",),
+        ("tokenizer", "separator", "context_length", "pack", "shuffle", "seed"),
+        stages.run_pack,
+        ("contexts",),
+        stages.pack_resolve,
+        records=stages.pack_records,
+    ),
+    Stage(
+        "metrics",
+        ("pack",),
+        ("label_field", "k", "seed", "order", "context_length", "pack", "dedup_threshold"),
+        stages.run_metrics,
+        ("metrics",),
+    ),
     # the app's map: after metrics so `icp run` (until="metrics") never waits for it
-    Stage("layout", ("knn",), stages.layout_key, stages.run_layout, ("layout",)),
+    Stage("layout", ("knn",), (), stages.run_layout, ("layout",), stages.layout_resolve),
 )
 STAGE_NAMES = ("ingest",) + tuple(stage.name for stage in STAGES)
+# Parameters no stage's output depends on: how fast or where embedding runs, and ingest's
+# fields (ingest keys sources by content and fields itself).
+NOT_IN_KEYS = {"batch_size": "speed only", "device": "where embedding runs"} | {
+    "text_field": "ingest",
+    "id_field": "ingest",
+}
 
 
 @dataclass
@@ -74,16 +129,24 @@ def ingest(
     inputs: list[str],
     params: Params,
     progress: ProgressFactory = _no_progress,
+    update: bool = False,
 ) -> StageOutcome:
-    """Add documents from `inputs` and record the documents table's fingerprint."""
+    """Add documents from `inputs` (replacing changed ones with `update`, see
+    `stages.run_ingest`) and record the documents table's fingerprint."""
     started = time.time()
-    counts = stages.run_ingest(ws, inputs, params, progress("ingest"))
+    counts = stages.run_ingest(ws, inputs, params, progress("ingest"), update)
     state = stages.ingest_fingerprint_source(ws)
     status = "ran" if counts["sources_added"] else "skipped"
     with ws.transaction():
         ws.set_stage_state("ingest", fingerprint(state), state, counts)
         ws.record_run(
-            "ingest", status, fingerprint(state), {"inputs": inputs}, counts, started, time.time()
+            "ingest",
+            status,
+            fingerprint(state),
+            {"inputs": inputs, "update": update},
+            counts,
+            started,
+            time.time(),
         )
     log.info("ingest: %s", counts)
     return StageOutcome("ingest", status, time.time() - started, counts)
@@ -105,15 +168,14 @@ def run(
         force: True re-runs every stage; a tuple names the stages to re-run.
 
     Raises:
-        IcpError: no documents yet, or a stage's input problem.
+        IcpError: no documents yet (naming the rejects when every row was rejected), or a
+            stage's input problem.
     """
     if until not in STAGE_NAMES[1:]:
         raise IcpError(f"unknown stage '{until}'")
     params = params.validate()
     if ws.stage_state("ingest") is None or ws.n_documents() == 0:
-        raise IcpError(
-            f"{ws.path}: no documents ingested yet; run `icp ingest FILE --workspace {ws.path}`"
-        )
+        raise IcpError(stages.no_documents_message(ws))
     with ws.transaction():
         ws.save_settings(params.to_dict())
     outcomes = []
@@ -133,7 +195,7 @@ def _run_stage(
 ) -> StageOutcome:
     started = time.time()
     key = {"upstream": {u: ws.stage_state(u)["fingerprint"] for u in stage.upstream}}
-    key.update(stage.key(params))
+    key.update(stage.key(ws, params))
     state = ws.stage_state(stage.name)
     forced = force is True or (isinstance(force, tuple) and stage.name in force)
     tables_exist = all(ws.has_table(table) for table in stage.tables)
@@ -147,7 +209,7 @@ def _run_stage(
             )
             return StageOutcome(stage.name, "skipped", time.time() - started, state["counts"])
     counts = stage.run(ws, params, progress(stage.name))
-    stored = dict(key, **counts.pop("_stored", {}))
+    stored = dict(key, **(stage.records(params) if stage.records else {}))
     stage_fp = fingerprint(stored)
     with ws.transaction():
         ws.set_stage_state(stage.name, stage_fp, stored, counts)

@@ -1,8 +1,10 @@
 """Stage adapters: read the workspace in bulk, call the pure stage function, write one table.
 
-Each `run_<stage>(ws, params, report)` returns its counts (named where the decision is made);
-`<stage>_key(params)` names what its output depends on besides upstream stages. `pipeline.py`
-decides when to run them.
+Each `run_<stage>(ws, params, report)` returns its counts (named where the decision is made).
+`pipeline.STAGES` declares the parameters each stage reads; where a parameter's effective
+value differs from how it is spelled (a model folder's content, `auto` index), a
+`<stage>_resolve(ws, values)` turns the read values into that value. `pipeline.py` decides
+when to run them.
 """
 
 from __future__ import annotations
@@ -17,10 +19,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from icp_core import dedup, embed, knn, layout, metrics, pack, traverse
+from icp_core import dedup, embed, knn, layout, metrics, pack, tokenizer, traverse
 from icp_core.errors import IcpError
 from icp_core.faults import crash_point
-from icp_core.ingest import ParsedSource, hash_file, hash_text, parse_source, source_fingerprint
+from icp_core.ingest import (
+    RAW_PREVIEW_CHARS,
+    ParsedSource,
+    hash_file,
+    hash_text,
+    id_names,
+    parse_source,
+    source_fingerprint,
+)
 from icp_core.params import Params
 from icp_core.workspace import Workspace, _now
 
@@ -42,90 +52,188 @@ def _noop(done: int, total: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_ingest(ws: Workspace, inputs: list[str], params: Params, report: Report = _noop) -> dict:
-    """Add new documents from `inputs`; a source whose content was ingested before adds nothing.
+def run_ingest(
+    ws: Workspace,
+    inputs: list[str],
+    params: Params,
+    report: Report = _noop,
+    update: bool = False,
+) -> dict:
+    """Add the documents of `inputs`; every row becomes a document, an update or a reject.
 
-    Rows whose id already exists (in the workspace or earlier in the same input) are rejected
-    as duplicates with the place of the first occurrence.
+    A source whose content is what was last ingested from some path (with the same text and
+    id fields) is skipped, unless `update` (so that rows a read rejected as differing can be
+    replaced by running it again with --update). Otherwise each row is matched by id:
+    - a new id adds a document;
+    - a known id from the same file with the same text and fields is unchanged (no reject);
+    - a known id whose text or fields differ replaces the stored document in place (same
+      doc number) with `update`, else is rejected with "...; pass --update";
+    - a known id from another file is a duplicate-id reject (replaced with `update`).
+    A re-read source's earlier rejects are replaced by this read's, so a row fixed by a retry
+    (say, with the right --text-field) is no longer also counted as rejected.
     """
-    counts = {"documents": 0, "rejected": 0, "sources_skipped": 0, "sources_added": 0}
+    counts = {
+        "documents": 0,
+        "updated": 0,
+        "unchanged": 0,
+        "rejected": 0,
+        "rejects_cleared": 0,
+        "sources_skipped": 0,
+        "sources_added": 0,
+    }
+    current = _current_sources(ws)
+    names = id_names(inputs)
     parsed_sources: list[ParsedSource] = []
     seen: set[str] = set()
     for number, path in enumerate(inputs, start=1):
         content_hash = source_fingerprint(Path(path))
-        if content_hash in seen or ws.scalar(
-            "SELECT count(*) FROM sources "
-            "WHERE content_hash = ? AND text_field = ? AND id_field = ?",
-            [content_hash, params.text_field, params.id_field],
-        ):
+        read_before = (content_hash, params.text_field, params.id_field) in current
+        if content_hash in seen or (read_before and not update):
             counts["sources_skipped"] += 1
             log.info("ingest: %s already ingested, skipped", path)
             continue
         seen.add(content_hash)
-        parsed_sources.append(parse_source(path, params.text_field, params.id_field, content_hash))
+        parsed_sources.append(
+            parse_source(
+                path, params.text_field, params.id_field, content_hash, names.get(str(path))
+            )
+        )
         report(number, len(inputs))
     with ws.transaction():
         for parsed in parsed_sources:
-            added, rejected = _store_source(ws, parsed, params)
-            counts["documents"] += added
-            counts["rejected"] += rejected
+            for key, value in _store_source(ws, parsed, params, update).items():
+                counts[key] += value
             counts["sources_added"] += 1
     counts["total_documents"] = ws.n_documents()
     counts["total_rejected"] = int(ws.scalar("SELECT count(*) FROM rejects"))
     return counts
 
 
-def _store_source(ws: Workspace, parsed: ParsedSource, params: Params) -> tuple[int, int]:
-    n_rows = len(parsed.ids)
-    first_doc = int(ws.scalar("SELECT coalesce(max(doc) + 1, 0) FROM documents"))
-    candidate = pa.table({"id": pa.array(parsed.ids, pa.string()), "row": np.arange(n_rows)})
-    # first occurrence of each id inside this source, and ids the workspace already holds
+def _current_sources(ws: Workspace) -> set[tuple[str, str, str]]:
+    """(content hash, text field, id field) of what each source path held when last read."""
+    rows = ws.con.execute(
+        """SELECT content_hash, text_field, id_field FROM (
+               SELECT *, row_number() OVER (
+                   PARTITION BY source ORDER BY ingested_at DESC, rowid DESC) AS newest
+               FROM sources)
+           WHERE newest = 1"""
+    ).fetchall()
+    return {tuple(row) for row in rows}
+
+
+@dataclass
+class _RowFates:
+    """What `_store_source` decided for each accepted row of a parse (by row number)."""
+
+    rejected: dict[int, str]
+    new: list[int]
+    replaced: list[tuple[int, int]]  # (row, doc): text, fields or file replaced (--update)
+    moved: list[tuple[int, int]]  # (row, doc): unchanged, but now on another line
+    unchanged: int
+
+
+TEXT_DIFFERS = "text differs from the stored document; pass --update"
+FIELDS_DIFFER = "fields other than the text differ from the stored document; pass --update"
+
+
+def _row_fates(ws: Workspace, parsed: ParsedSource, hashes: list[str], update: bool) -> _RowFates:
+    """Match a parse's rows by id against each other and the stored documents (the rules are
+    `run_ingest`'s); `hashes` are the rows' text hashes."""
+    candidate = pa.table(
+        {"row": np.arange(len(parsed.ids)), "id": pa.array(parsed.ids, pa.string())}
+    )
     ws.con.register("_candidate", candidate)
     try:
-        clash = ws.arrow(
-            """SELECT c.row, d.source, d.line FROM _candidate c JOIN documents d ON d.id = c.id"""
-        )
+        stored = ws.arrow(
+            """SELECT c.row, d.doc, d.source, d.line, d.text_hash, d.meta::VARCHAR AS meta
+               FROM _candidate c JOIN documents d ON d.id = c.id ORDER BY c.row"""
+        ).to_pylist()
         inner = ws.arrow(
             """SELECT row, first_row FROM (
                    SELECT row, min(row) OVER (PARTITION BY id) AS first_row FROM _candidate)
                WHERE row <> first_row"""
-        )
+        ).to_pylist()
     finally:
         ws.con.unregister("_candidate")
-    reject_reason: dict[int, str] = {}
-    for row, source, line in zip(*(clash.column(i).to_pylist() for i in range(3)), strict=True):
-        reject_reason[row] = f"duplicate id '{parsed.ids[row]}' (first at {source}:{line})"
-    for row, first_row in zip(*(inner.column(i).to_pylist() for i in range(2)), strict=True):
-        first_place = f"{parsed.source}:{parsed.lines[first_row]}"
-        reject_reason.setdefault(row, f"duplicate id '{parsed.ids[row]}' (first at {first_place})")
-    keep = np.ones(n_rows, dtype=bool)
-    for row, reason in reject_reason.items():
-        keep[row] = False
-        parsed.reject(parsed.lines[row], reason, parsed.texts[row][:200], parsed.ids[row])
-    kept_rows = np.flatnonzero(keep)
-    texts = [parsed.texts[i] for i in kept_rows]
-    documents = pa.table(
-        {
-            "doc": pa.array(np.arange(first_doc, first_doc + len(kept_rows)), pa.int64()),
-            "id": pa.array([parsed.ids[i] for i in kept_rows], pa.string()),
-            "text": pa.array(texts, pa.string()),
-            "text_hash": pa.array([hash_text(t) for t in texts], pa.string()),
-            "source": pa.array([parsed.source] * len(kept_rows), pa.string()),
-            "line": pa.array([parsed.lines[i] for i in kept_rows], pa.int64()),
-            "meta": pa.array([parsed.metas[i] for i in kept_rows], pa.string()),
-        }
+    rejected = {}
+    for pair in inner:
+        row, first = pair["row"], pair["first_row"]
+        first_place = f"{parsed.files[first]}:{parsed.lines[first]}"
+        rejected[row] = f"duplicate id '{parsed.ids[row]}' (first at {first_place})"
+    replaced: list[tuple[int, int]] = []
+    moved: list[tuple[int, int]] = []
+    unchanged = 0
+    known = set()
+    for match in stored:
+        row = match["row"]
+        known.add(row)
+        if row in rejected:
+            continue
+        same_file = match["source"] == parsed.files[row]
+        same_text = match["text_hash"] == hashes[row]
+        same_fields = (match["meta"] or None) == parsed.metas[row]
+        if same_file and same_text and same_fields:
+            unchanged += 1
+            if match["line"] != parsed.lines[row]:  # rows above it were added or removed
+                moved.append((row, match["doc"]))
+        elif update:
+            replaced.append((row, match["doc"]))
+        elif not same_file:
+            first_place = f"{match['source']}:{match['line']}"
+            rejected[row] = f"duplicate id '{parsed.ids[row]}' (first at {first_place})"
+        elif not same_text:
+            rejected[row] = TEXT_DIFFERS
+        else:
+            rejected[row] = FIELDS_DIFFER
+    new = [row for row in range(len(parsed.ids)) if row not in known and row not in rejected]
+    return _RowFates(rejected, new, replaced, moved, unchanged)
+
+
+def _store_source(
+    ws: Workspace, parsed: ParsedSource, params: Params, update: bool = False
+) -> dict[str, int]:
+    """Write one parse: new documents, replaced ones, rejects (replacing the file's earlier
+    rejects) and its `sources` row. Returns the counts `run_ingest` sums."""
+    hashes = [hash_text(text) for text in parsed.texts]
+    fates = _row_fates(ws, parsed, hashes, update)
+    first_doc = int(ws.scalar("SELECT coalesce(max(doc) + 1, 0) FROM documents"))
+    new_docs = np.arange(first_doc, first_doc + len(fates.new))
+    ws.append_table("documents", _documents_table(parsed, hashes, fates.new, new_docs))
+    if fates.replaced or fates.moved:
+        rows, docs = zip(*fates.replaced, *fates.moved, strict=True)
+        ws.con.register("_replaced", _documents_table(parsed, hashes, list(rows), docs))
+        try:
+            ws.execute(
+                """UPDATE documents SET text = r.text, text_hash = r.text_hash, meta = r.meta,
+                       source = r.source, line = r.line
+                   FROM _replaced r WHERE documents.doc = r.doc"""
+            )
+        finally:
+            ws.con.unregister("_replaced")
+    # this read accounts for every row of the source again: its earlier rejects are stale
+    # (a folder's rejects name the files below it)
+    below = parsed.source + "/" if parsed.format == "folder" else None
+    stale = "FROM rejects WHERE source = ? OR starts_with(source, ?)"
+    cleared = int(ws.scalar(f"SELECT count(*) {stale}", [parsed.source, below]))
+    ws.execute(f"DELETE {stale}", [parsed.source, below])
+    for row, reason in sorted(fates.rejected.items()):
+        raw = parsed.texts[row][:RAW_PREVIEW_CHARS]
+        parsed.reject(parsed.lines[row], reason, raw, parsed.ids[row], parsed.files[row])
+    rejects = parsed.rejects
+    ws.append_table(
+        "rejects",
+        pa.table(
+            {
+                "source": pa.array([r.file or parsed.source for r in rejects], pa.string()),
+                "line": pa.array([r.line for r in rejects], pa.int64()),
+                "id": pa.array([r.id for r in rejects], pa.string()),
+                "reason": pa.array([r.reason for r in rejects], pa.string()),
+                "raw": pa.array([r.raw for r in rejects], pa.string()),
+            }
+        ),
     )
-    ws.append_table("documents", documents)
-    rejects = pa.table(
-        {
-            "source": pa.array([parsed.source] * len(parsed.rejects), pa.string()),
-            "line": pa.array([r[0] for r in parsed.rejects], pa.int64()),
-            "id": pa.array([r[1] for r in parsed.rejects], pa.string()),
-            "reason": pa.array([r[2] for r in parsed.rejects], pa.string()),
-            "raw": pa.array([r[3] for r in parsed.rejects], pa.string()),
-        }
-    )
-    ws.append_table("rejects", rejects)
+    updated = len(fates.replaced)
+    kept = len(fates.new) + updated + fates.unchanged
     ws.execute(
         "INSERT INTO sources VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [
@@ -134,18 +242,66 @@ def _store_source(ws: Workspace, parsed: ParsedSource, params: Params) -> tuple[
             parsed.format,
             params.text_field,
             params.id_field,
-            len(kept_rows),
-            len(parsed.rejects),
+            kept,
+            len(rejects),
             _now(),
         ],
     )
-    return len(kept_rows), len(parsed.rejects)
+    return {
+        "documents": len(fates.new),
+        "updated": updated,
+        "unchanged": fates.unchanged,
+        "rejected": len(rejects),
+        "rejects_cleared": cleared,
+    }
+
+
+def _documents_table(
+    parsed: ParsedSource, hashes: list[str], rows: list[int], docs: Any
+) -> pa.Table:
+    """`documents` rows for the given rows of a parse, numbered `docs`."""
+    return pa.table(
+        {
+            "doc": pa.array(np.asarray(docs, dtype=np.int64), pa.int64()),
+            "id": pa.array([parsed.ids[i] for i in rows], pa.string()),
+            "text": pa.array([parsed.texts[i] for i in rows], pa.string()),
+            "text_hash": pa.array([hashes[i] for i in rows], pa.string()),
+            "source": pa.array([parsed.files[i] for i in rows], pa.string()),
+            "line": pa.array([parsed.lines[i] for i in rows], pa.int64()),
+            "meta": pa.array([parsed.metas[i] for i in rows], pa.string()),
+        }
+    )
 
 
 def ingest_fingerprint_source(ws: Workspace) -> dict:
-    """What the documents table depends on: the ordered content hashes of its sources."""
+    """What the documents table depends on: the ordered content hashes of its sources, and
+    its rows' ids, text hashes and fields (so a document replaced in place changes it)."""
     hashes = ws.column("SELECT content_hash FROM sources ORDER BY ingested_at, rowid").tolist()
-    return {"sources": hashes, "n_documents": ws.n_documents()}
+    content = ws.scalar(
+        "SELECT coalesce(sum(hash(doc, id, text_hash, meta::VARCHAR)), 0)::VARCHAR FROM documents"
+    )
+    return {"sources": hashes, "n_documents": ws.n_documents(), "documents": content}
+
+
+def no_documents_message(ws: Workspace) -> str:
+    """Why a workspace holds no documents, in one line: nothing ingested yet, or every row
+    rejected (how many, from which sources, the most common reasons)."""
+    n_rejected = int(ws.scalar("SELECT count(*) FROM rejects"))
+    if not n_rejected:
+        return f"{ws.path}: no documents ingested yet; run `icp ingest FILE --workspace {ws.path}`"
+    sources = ws.column("SELECT DISTINCT source FROM sources ORDER BY source").tolist()
+    named = ", ".join(sources[:3]) + (f" and {len(sources) - 3} more" if len(sources) > 3 else "")
+    reasons = ws.con.execute(
+        "SELECT count(*) AS n, reason FROM rejects GROUP BY reason ORDER BY n DESC, reason"
+    ).fetchall()
+    shown = "; ".join(f"{n} × {reason}" for n, reason in reasons[:3])
+    others = sum(n for n, _ in reasons[3:])
+    if others:
+        shown += f"; {others} × other reasons"
+    return (
+        f"{ws.path}: no documents: all {n_rejected} rows of {named} were rejected: {shown}; "
+        "see the rejects table"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,8 +320,10 @@ def _embedding_model_key(params: Params) -> str:
     return embed.model_key(str(path), params.max_tokens)
 
 
-def embed_key(params: Params) -> dict:
-    return {"model_key": _embedding_model_key(params)}
+def embed_resolve(ws: Workspace, values: dict[str, Any]) -> dict[str, Any]:
+    """The vectors' identity: the model folder's content and truncation, or the vectors file's
+    content, so the same model under another path is not embedded again."""
+    return {"model_key": _embedding_model_key(Params(**values))}
 
 
 def run_embed(ws: Workspace, params: Params, report: Report = _noop) -> dict:
@@ -188,7 +346,13 @@ def run_embed(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     n_have = int(ws.scalar("SELECT count(*) FROM embeddings"))
     if n_have != n_docs:
         raise IcpError(f"embeddings cover {n_have} of {n_docs} documents; re-run `icp embed`")
-    return {"embedded": n_new, "cached": n_docs - n_new, "model_key": key}
+    counts: dict[str, Any] = {"embedded": n_new, "cached": n_docs - n_new, "model_key": key}
+    if not params.vectors:  # what ran, for the manifest: not "auto", not "the model's limit"
+        counts["device"] = embed.pick_device(params.device) if n_new else None
+        counts["max_tokens"] = params.max_tokens or embed.model_max_tokens(
+            embed.resolve_model_path(params.model)
+        )
+    return counts
 
 
 def _embed_missing(ws: Workspace, params: Params, key: str, report: Report) -> int:
@@ -261,8 +425,16 @@ def read_vectors(ws: Workspace) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------
 
 
-def knn_key(params: Params) -> dict:
-    return {"index": params.index}
+def knn_resolve(ws: Workspace, values: dict[str, Any]) -> dict[str, Any]:
+    """The index that runs (`auto` resolved at this corpus size); the seed only where the
+    index uses it (the IVF training sample), so a new seed does not redo an exact search."""
+    index = knn.resolve_index(values["index"], ws.n_documents())
+    return {"index": index, "seed": values["seed"] if index in knn.SEEDED_INDEXES else None}
+
+
+def knn_records(params: Params) -> dict[str, Any]:
+    """Kept with the kNN key: how deep the lists were searched (`knn_covers` reads it)."""
+    return {"k_max": max(params.k, KNN_MIN_STORED)}
 
 
 def knn_covers(stored: dict, params: Params) -> bool:
@@ -290,7 +462,6 @@ def run_knn(ws: Workspace, params: Params, report: Report = _noop) -> dict:
         "documents": int(len(ids)),
         "k_max": k_max,
         "index": knn.resolve_index(params.index, len(ids)),
-        "_stored": {"k_max": k_max},
     }
 
 
@@ -340,10 +511,6 @@ def restrict_graph(
 # ---------------------------------------------------------------------------------------------
 
 
-def dedup_key(params: Params) -> dict:
-    return {"k": params.k, "dedup_threshold": params.dedup_threshold}
-
-
 def run_dedup(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     ids, sims = read_neighbors(ws, params.k)
     if params.dedup_threshold is None:
@@ -373,10 +540,6 @@ def run_dedup(ws: Workspace, params: Params, report: Report = _noop) -> dict:
 # ---------------------------------------------------------------------------------------------
 # order
 # ---------------------------------------------------------------------------------------------
-
-
-def order_key(params: Params) -> dict:
-    return {"order": params.order, "k": params.k, "seed": params.seed}
 
 
 def kept_documents(ws: Workspace, include_order_drops: bool = False) -> np.ndarray:
@@ -479,63 +642,71 @@ def _apply_near_copy_filter(
 # ---------------------------------------------------------------------------------------------
 
 
-def _tokenizer_for(params: Params) -> Path:
-    model_path = None if params.vectors else embed.resolve_model_path(params.model)
-    if params.tokenizer is None and model_path is None:
-        model_path = embed.resolve_model_path(None)
-    return pack.resolve_tokenizer_path(params.tokenizer, model_path)
+def lm_tokenizer(params: Params) -> tokenizer.LMTokenizer:
+    """The language model's tokenizer that packing counts and export writes in."""
+    return tokenizer.load(params.tokenizer)
 
 
-def pack_key(params: Params) -> dict:
-    path = _tokenizer_for(params)
-    return {
-        "tokenizer_key": pack.tokenizer_key(str(path)),
-        "separator": params.separator,
-        "context_length": params.context_length,
-        "pack": params.pack,
-        "shuffle": params.shuffle,
-        "seed": params.seed,
-    }
+def pack_resolve(ws: Workspace, values: dict[str, Any]) -> dict[str, Any]:
+    """The tokenizer by the ids it produces (its file's content), not by its spelling."""
+    resolved = dict(values)
+    resolved["tokenizer_key"] = tokenizer.load(resolved.pop("tokenizer")).key
+    return resolved
+
+
+def pack_records(params: Params) -> dict[str, Any]:
+    """Kept with the pack key: the ids export and `icp check` need without the tokenizer."""
+    lm = lm_tokenizer(params)
+    return {"separator_ids": lm.separator_ids(params.separator), "pad_id": lm.pad_id()}
+
+
+def _cache_token_ids(ws: Workspace, lm: tokenizer.LMTokenizer, report: Report) -> None:
+    """Tokenize the texts whose ids the token cache lacks for this tokenizer, and keep them."""
+    missing = ws.arrow(
+        """SELECT text_hash, any_value(text) AS text FROM documents
+           WHERE text_hash NOT IN (SELECT text_hash FROM token_cache
+                                   WHERE tokenizer_key = ? AND ids IS NOT NULL)
+           GROUP BY text_hash""",
+        [lm.key],
+    )
+    if not missing.num_rows:
+        return
+    ids, offsets = tokenizer.count_tokens(lm, missing.column("text").to_pylist(), report)
+    with ws.transaction():
+        ws.execute("DELETE FROM token_cache WHERE tokenizer_key = ? AND ids IS NULL", [lm.key])
+        ws.append_table(
+            "token_cache",
+            pa.table(
+                {
+                    "tokenizer_key": pa.array([lm.key] * missing.num_rows, pa.string()),
+                    "text_hash": missing.column("text_hash"),
+                    "n_tokens": pa.array(np.diff(offsets), pa.int64()),
+                    "ids": pa.ListArray.from_arrays(
+                        pa.array(offsets, pa.int32() if offsets[-1] < 2**31 else pa.int64()),
+                        pa.array(ids, pa.uint32()),
+                    ),
+                }
+            ),
+        )
 
 
 def document_tokens(ws: Workspace, params: Params, report: Report = _noop) -> np.ndarray:
-    """(N,) token counts by document, counting only texts the cache lacks."""
-    path = str(_tokenizer_for(params))
-    key = pack.tokenizer_key(path)
-    missing = ws.arrow(
-        """SELECT text_hash, any_value(text) AS text FROM documents
-           WHERE text_hash NOT IN (SELECT text_hash FROM token_cache WHERE tokenizer_key = ?)
-           GROUP BY text_hash""",
-        [key],
-    )
-    if missing.num_rows:
-        tokenizer = pack.load_tokenizer(path)
-        hashes = missing.column("text_hash").to_pylist()
-        texts = missing.column("text").to_pylist()
-        counts = pack.count_tokens(tokenizer, texts, report, keep_as=(key, hashes))
-        with ws.transaction():
-            ws.append_table(
-                "token_cache",
-                pa.table(
-                    {
-                        "tokenizer_key": pa.array([key] * missing.num_rows, pa.string()),
-                        "text_hash": missing.column("text_hash"),
-                        "n_tokens": counts,
-                    }
-                ),
-            )
+    """(N,) token counts by document, tokenizing only texts the cache lacks."""
+    lm = lm_tokenizer(params)
+    _cache_token_ids(ws, lm, report)
     return ws.column(
         """SELECT t.n_tokens FROM documents d
            JOIN (SELECT text_hash, any_value(n_tokens) AS n_tokens FROM token_cache
-                 WHERE tokenizer_key = ? GROUP BY text_hash) t USING (text_hash)
+                 WHERE tokenizer_key = ? AND ids IS NOT NULL GROUP BY text_hash) t
+           USING (text_hash)
            ORDER BY d.doc""",
-        [key],
+        [lm.key],
         dtype=np.int64,
     )
 
 
 def separator_for(params: Params) -> list[int]:
-    return pack.separator_ids(pack.load_tokenizer(str(_tokenizer_for(params))), params.separator)
+    return lm_tokenizer(params).separator_ids(params.separator)
 
 
 def run_pack(ws: Workspace, params: Params, report: Report = _noop) -> dict:
@@ -560,11 +731,11 @@ def run_pack(ws: Workspace, params: Params, report: Report = _noop) -> dict:
         crash_point("pack.commit")
     fill = packing.context_tokens()
     return {
+        "tokenizer": lm_tokenizer(params).info.name,  # said on every run: which LM's tokens
         "contexts": packing.n_contexts,
         "pieces": int(len(packing.doc)),
         "split_documents": int(len(packing.doc) - len(np.unique(packing.doc))),
         "padding_tokens": int(packing.n_contexts * params.context_length - fill.sum()),
-        "_stored": {"separator_ids": sep},
     }
 
 
@@ -588,10 +759,6 @@ def read_packing(ws: Workspace) -> pack.Packing:
 # ---------------------------------------------------------------------------------------------
 # metrics
 # ---------------------------------------------------------------------------------------------
-
-
-def metrics_key(params: Params) -> dict:
-    return {"label_field": params.label_field}
 
 
 def resolve_label_field(ws: Workspace, label_field: str | None) -> str | None:
@@ -777,11 +944,21 @@ def latest_metrics(ws: Workspace, params: Params) -> dict[str, Any]:
 def check_invariants(ws: Workspace) -> list[str]:
     """Problems found (empty = all good): every input row is a kept document, a recorded
     duplicate or a reject; every kept document is in the path once and its tokens are packed
-    exactly once; no context exceeds the context length."""
+    exactly once; no context exceeds the context length; no input row is both a document
+    and a reject."""
     problems = []
+    both = ws.one(
+        """SELECT count(*), min(r.source || ':' || r.line) FROM rejects r
+           JOIN documents d ON d.source = r.source AND d.line = r.line"""
+    )
+    if both[0]:
+        problems.append(
+            f"{both[0]} input rows are both a document and a reject (first: {both[1]}); "
+            "ingest that file again with the --text-field/--id-field it was ingested with"
+        )
     for table in ("ordering", "contexts", "duplicates", "order_drops"):
         if not ws.has_table(table):
-            return [f"table {table} missing: run `icp run` first"]
+            return [*problems, f"table {table} missing: run `icp run` first"]
     n_docs = ws.n_documents()
     removed = ws.column("SELECT doc FROM duplicates UNION ALL SELECT doc FROM order_drops")
     ordered = ws.column("SELECT doc FROM ordering")
@@ -823,7 +1000,7 @@ def check_invariants(ws: Workspace) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 
-def layout_key(params: Params) -> dict:
+def layout_resolve(ws: Workspace, values: dict[str, Any]) -> dict[str, Any]:
     return {"n_neighbors": layout.LAYOUT_NEIGHBORS, "method": "umap"}
 
 

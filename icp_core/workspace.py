@@ -86,7 +86,10 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS embedding_cache (
         model_key VARCHAR NOT NULL, text_hash VARCHAR NOT NULL, vector FLOAT[] NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS token_cache (
-        tokenizer_key VARCHAR NOT NULL, text_hash VARCHAR NOT NULL, n_tokens BIGINT NOT NULL)""",
+        tokenizer_key VARCHAR NOT NULL, text_hash VARCHAR NOT NULL, n_tokens BIGINT NOT NULL,
+        ids UINTEGER[])""",
+    # workspaces from before the export wrote token ids: their rows count as not cached
+    """ALTER TABLE token_cache ADD COLUMN IF NOT EXISTS ids UINTEGER[]""",
     """CREATE TABLE IF NOT EXISTS settings (key VARCHAR PRIMARY KEY, value JSON)""",
     """CREATE TABLE IF NOT EXISTS stage_state (
         stage VARCHAR PRIMARY KEY, fingerprint VARCHAR NOT NULL, params JSON,

@@ -58,7 +58,7 @@ def test_run_then_stage_commands(tiny_jsonl, tmp_path):
     assert set(metrics) >= CONTRACT_KEYS and metrics["label_agreement"] is not None
 
     icp("export", "-w", ws, "--format", "tokens", "--out", tmp_path / "out")
-    assert (tmp_path / "out" / "tokens.bin").exists()
+    assert (tmp_path / "out" / "tokens.ds").exists()
     assert icp("check", "-w", ws).stdout.startswith("ok")
 
 

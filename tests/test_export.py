@@ -1,4 +1,8 @@
-"""Export round trips: every kept document's full text exactly once; token files; manifest."""
+"""Export round trips: every kept document's full text exactly once; token files; side files.
+
+The real readers (datasets, pyarrow, datatrove, a trainer's DataLoader) are in
+`test_export_readers.py` and `test_export_trainer.py`.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from icp_core import pack, stages
+from icp_core import stages
 from icp_core.errors import IcpError
 from icp_core.export import export_contexts
 from icp_core.workspace import Workspace
@@ -30,6 +34,17 @@ def kept_texts(ws_path: Path) -> dict[str, str]:
     return {row["id"]: row["text"] for row in rows}
 
 
+def read_rows(out: Path) -> list[dict]:
+    """Every context row of a Parquet or JSONL export folder, in context order."""
+    rows = []
+    for shard in sorted((out / "data").glob("train-*")):
+        if shard.suffix == ".jsonl":
+            rows += [json.loads(line) for line in shard.read_text().splitlines()]
+        else:
+            rows += duckdb.sql(f"SELECT * FROM '{shard}'").to_arrow_table().to_pylist()
+    return sorted(rows, key=lambda row: row["context"])
+
+
 def reassemble(rows: list[dict], separator: str) -> dict[str, str]:
     """Cut each context's text back into pieces and glue each document's pieces in token order."""
     pieces: dict[str, list[tuple[int, str]]] = defaultdict(list)
@@ -46,47 +61,34 @@ def reassemble(rows: list[dict], separator: str) -> dict[str, str]:
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
 def test_text_round_trip_gives_every_kept_document_once(tiny_workspace, tmp_path, fmt):
     manifest = export(tiny_workspace, tmp_path / "out", fmt)
-    if fmt == "jsonl":
-        lines = (tmp_path / "out" / "contexts.jsonl").read_text().splitlines()
-        rows = [json.loads(line) for line in lines]
-    else:
-        rows = (
-            duckdb.sql(f"SELECT * FROM '{tmp_path / 'out' / 'contexts.parquet'}'")
-            .to_arrow_table()
-            .to_pylist()
-        )
+    rows = read_rows(tmp_path / "out")
     assert len(rows) == manifest["counts"]["n_contexts"]
-    assert sorted(r["context"] for r in rows) == list(range(len(rows)))
+    assert [r["context"] for r in rows] == list(range(len(rows)))
     split_docs = [
         d for r in rows for d, s in zip(r["doc_ids"], r["doc_token_start"], strict=True) if s > 0
     ]
     assert split_docs, "the tiny corpus at 64 tokens must split some documents"
-    assert reassemble(rows, "[SEP]") == kept_texts(tiny_workspace)
+    assert reassemble(rows, "</s>") == kept_texts(tiny_workspace)
     assert all(r["n_tokens"] <= TINY_PARAMS.context_length for r in rows)
-
-
-def test_parquet_loads_with_datasets(tiny_workspace, tmp_path):
-    from datasets import load_dataset
-
-    export(tiny_workspace, tmp_path / "out", "parquet")
-    dataset = load_dataset("parquet", data_files=str(tmp_path / "out" / "contexts.parquet"))
-    assert set(dataset["train"].column_names) >= {"text", "doc_ids", "n_tokens"}
+    # full contexts first, the path's short last context last
+    assert all(r["n_tokens"] == TINY_PARAMS.context_length for r in rows[:-1])
 
 
 def test_tokens_match_the_tokenizer(tiny_workspace, tmp_path):
     manifest = export(tiny_workspace, tmp_path / "out", "tokens")
-    tokens = np.memmap(tmp_path / "out" / "tokens.bin", dtype=manifest["counts"]["dtype"], mode="r")
+    dtype = manifest["tokenizer"]["token_dtype"]
+    tokens = np.memmap(tmp_path / "out" / "tokens.ds", dtype=dtype, mode="r")
     offsets = np.load(tmp_path / "out" / "offsets.npy")
     assert offsets[-1] == len(tokens) == manifest["counts"]["n_tokens"]
+    lm = stages.lm_tokenizer(TINY_PARAMS)
+    sep = stages.separator_for(TINY_PARAMS)
     with Workspace(tiny_workspace, read_only=True) as ws:
         packing = stages.read_packing(ws)
         texts = ws.arrow("SELECT text FROM documents ORDER BY doc").column("text").to_pylist()
-        tokenizer = pack.load_tokenizer(str(stages._tokenizer_for(TINY_PARAMS)))
-        sep = stages.separator_for(TINY_PARAMS)
     for c in range(packing.n_contexts):
         expected = []
         for row in np.flatnonzero(packing.context == c):
-            ids = tokenizer.encode(texts[packing.doc[row]], add_special_tokens=False).ids
+            ids = lm.encode(texts[packing.doc[row]])
             expected += ids[packing.start[row] : packing.end[row]] + sep[: packing.sep[row]]
         assert tokens[offsets[c] : offsets[c + 1]].tolist() == expected
     assert np.diff(offsets).max() <= TINY_PARAMS.context_length
@@ -95,11 +97,15 @@ def test_tokens_match_the_tokenizer(tiny_workspace, tmp_path):
 def test_manifest_and_side_files(tiny_workspace, tmp_path):
     manifest = export(tiny_workspace, tmp_path / "out", "jsonl", metrics={"adjacent_sim_mean": 1})
     on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert on_disk == json.loads(json.dumps(manifest, default=str))
     assert on_disk["parameters"]["context_length"] == 64
     assert on_disk["metrics"] == {"adjacent_sim_mean": 1}
-    assert on_disk["source_fingerprint"] == manifest["source_fingerprint"]
-    assert set(on_disk["files"]) >= {"contexts.jsonl", "duplicates.jsonl", "rejects.jsonl"}
-    assert (tmp_path / "out" / "duplicates.jsonl").exists()
+    assert set(on_disk["files"]) == {
+        "README.md",
+        "data/train-00000-of-00001.jsonl",
+        "removed/duplicates.jsonl",
+        "removed/rejects.jsonl",
+    }
 
 
 def test_duplicates_are_exported(tmp_path):
@@ -107,26 +113,27 @@ def test_duplicates_are_exported(tmp_path):
 
     with Workspace(run_duplicate_corpus(tmp_path)) as ws:
         export_contexts(ws, TINY_PARAMS, tmp_path / "out", "jsonl")
-    lines = (tmp_path / "out" / "duplicates.jsonl").read_text().splitlines()
+    lines = (tmp_path / "out" / "removed" / "duplicates.jsonl").read_text().splitlines()
     [duplicate] = [json.loads(line) for line in lines]
     assert (duplicate["id"], duplicate["kept_id"]) == ("b", "a")
 
 
 def test_existing_output_needs_overwrite(tiny_workspace, tmp_path):
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "keep.txt").write_text("mine")
-    with pytest.raises(IcpError, match="already exists; pass --overwrite"):
+    export(tiny_workspace, tmp_path / "out", "jsonl")
+    (tmp_path / "out" / "data" / "stale.jsonl").write_text("from before")
+    with pytest.raises(IcpError, match="already exists"):
         export(tiny_workspace, tmp_path / "out", "jsonl")
+    assert (tmp_path / "out" / "data" / "stale.jsonl").exists()
+    export(tiny_workspace, tmp_path / "out", "parquet", overwrite=True)
+    assert not (tmp_path / "out" / "data" / "stale.jsonl").exists()
+    assert not list(tmp_path.glob(".out.partial-*"))
+    assert not list(tmp_path.glob(".out.old-*"))
     # --overwrite replaces only an earlier export (tests/reliability/test_commands_hostile.py)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("mine")
     with pytest.raises(IcpError, match="not an earlier export of this tool"):
-        export(tiny_workspace, tmp_path / "out", "jsonl", overwrite=True)
-    assert (tmp_path / "out" / "keep.txt").read_text() == "mine"
-    export(tiny_workspace, tmp_path / "new", "jsonl")
-    (tmp_path / "new" / "stale.txt").write_text("from before")
-    export(tiny_workspace, tmp_path / "new", "parquet", overwrite=True)
-    assert not (tmp_path / "new" / "stale.txt").exists()
-    assert (tmp_path / "new" / "contexts.parquet").exists()
-    assert not list(tmp_path.glob(".new.partial-*")) and not list(tmp_path.glob(".new.old-*"))
+        export(tiny_workspace, tmp_path / "mine", "jsonl", overwrite=True)
+    assert (tmp_path / "mine" / "keep.txt").read_text() == "mine"
 
 
 def test_unknown_format(tiny_workspace, tmp_path):

@@ -1,4 +1,4 @@
-"""Export of packed pieces against a plain per-piece reference, and the reuse of token ids."""
+"""Export of packed pieces against a plain per-piece reference; export never tokenizes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import orjson
 import pyarrow.parquet as pq
 import pytest
 
-from icp_core import export, pack, pipeline, stages
+from icp_core import export, pipeline, stages, tokenizer
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 
@@ -54,7 +54,7 @@ def workspace(tmp_path_factory) -> tuple[Path, Params]:
 
 def reference_export(ws: Workspace, params: Params) -> tuple[list[dict], list[int]]:
     """Context rows and the flat token stream, built piece by piece with single encodes."""
-    tokenizer = pack.load_tokenizer(str(stages._tokenizer_for(params)))
+    lm = stages.lm_tokenizer(params)
     sep_ids = stages.separator_for(params)
     rows = ws.arrow(
         """SELECT c.context, c.token_start, c.token_end, c.sep_tokens, d.id, d.text
@@ -63,40 +63,39 @@ def reference_export(ws: Workspace, params: Params) -> tuple[list[dict], list[in
     contexts: dict[int, dict] = {}
     tokens: list[int] = []
     for row in rows:
-        encoding = tokenizer.encode(row["text"], add_special_tokens=False)
-        n, start, end, sep = (
-            len(encoding.ids),
-            row["token_start"],
-            row["token_end"],
-            row["sep_tokens"],
-        )
+        ids = lm.encode(row["text"])
+        n, start, end, sep = (len(ids), row["token_start"], row["token_end"], row["sep_tokens"])
 
-        def char_at(token: int, text: str = row["text"], n: int = n, enc=encoding) -> int:
-            return 0 if token == 0 else len(text) if token >= n else enc.offsets[token][0]
+        def char_at(token: int, text: str = row["text"], n: int = n) -> int:
+            return 0 if token == 0 else len(text) if token >= n else lm.char_starts(text)[token]
 
         lo, hi = (
             (0, len(row["text"])) if start == 0 and end == n else (char_at(start), char_at(end))
         )
         tail = start == end and start > 0
         sep_part = sep_ids[len(sep_ids) - sep :] if tail else sep_ids[:sep]
-        sep_text = tokenizer.decode(sep_part, skip_special_tokens=False) if sep else ""
+        sep_text = lm.decode(sep_part) if sep else ""
         context = contexts.setdefault(
             row["context"],
             {
                 "context": row["context"],
-                "text": "",
                 "doc_ids": [],
+                "text": "",
+                "input_ids": [],
+                "doc_lengths": [],
                 "doc_token_start": [],
                 "doc_token_end": [],
                 "n_tokens": 0,
             },
         )
         context["text"] += row["text"][lo:hi] + sep_text
+        context["input_ids"] += ids[start:end] + list(sep_part)
+        context["doc_lengths"].append(end - start + sep)
         context["doc_ids"].append(row["id"])
         context["doc_token_start"].append(start)
         context["doc_token_end"].append(end)
         context["n_tokens"] += end - start + sep
-        tokens += encoding.ids[start:end] + list(sep_part)
+        tokens += ids[start:end] + list(sep_part)
     return [contexts[c] for c in sorted(contexts)], tokens
 
 
@@ -109,13 +108,15 @@ def test_export_matches_piece_by_piece_reference(workspace, tmp_path, fmt: str) 
         export.export_contexts(ws, params, tmp_path / "out", fmt)
     out = tmp_path / "out"
     if fmt == "jsonl":
-        rows = [json.loads(line) for line in (out / "contexts.jsonl").read_text().splitlines()]
+        [shard] = (out / "data").glob("train-*.jsonl")
+        rows = [json.loads(line) for line in shard.read_text().splitlines()]
         assert rows == expected_rows
     elif fmt == "parquet":
-        assert pq.read_table(out / "contexts.parquet").to_pylist() == expected_rows
+        [shard] = (out / "data").glob("train-*.parquet")
+        assert pq.read_table(shard).to_pylist() == expected_rows
     else:
         manifest = json.loads((out / "manifest.json").read_text())
-        tokens = np.fromfile(out / "tokens.bin", dtype=manifest["counts"]["dtype"])
+        tokens = np.fromfile(out / "tokens.ds", dtype=manifest["tokenizer"]["token_dtype"])
         offsets = np.load(out / "offsets.npy")
         assert tokens.tolist() == expected_tokens
         assert np.diff(offsets).tolist() == [row["n_tokens"] for row in expected_rows]
@@ -123,7 +124,7 @@ def test_export_matches_piece_by_piece_reference(workspace, tmp_path, fmt: str) 
 
 def test_piece_char_spans_tile_each_document(workspace) -> None:
     path, params = workspace
-    tokenizer = pack.load_tokenizer(str(stages._tokenizer_for(params)))
+    lm = stages.lm_tokenizer(params)
     with Workspace(path, read_only=True) as ws:
         table = ws.arrow(
             """SELECT c.doc, c.token_start, c.token_end,
@@ -136,7 +137,8 @@ def test_piece_char_spans_tile_each_document(workspace) -> None:
         for name in ("doc", "token_start", "token_end", "n_tokens")
     )
     texts = table.column("text").to_pylist()
-    lo, hi = export.piece_char_spans(tokenizer, texts, docs, start, end, n_tokens)
+    split = {int(d): t for d, t in zip(docs.tolist(), texts, strict=True)}
+    lo, hi = export.piece_char_spans(lm, [None] * len(texts), docs, start, end, n_tokens, split)
     assert (np.bincount(docs) > 1).sum() > 5  # several documents are cut
     for doc in np.unique(docs):
         rows = np.flatnonzero(docs == doc)
@@ -144,30 +146,17 @@ def test_piece_char_spans_tile_each_document(workspace) -> None:
         assert (lo[rows[1:]] == hi[rows[:-1]]).all() and (lo[rows] <= hi[rows]).all()
 
 
-def test_export_after_pack_reuses_the_token_ids(workspace, tmp_path, monkeypatch) -> None:
+def test_export_reads_the_packed_ids_and_never_tokenizes(workspace, tmp_path, monkeypatch):
+    """The pack stage keeps every text's ids; export slices them (no second tokenization,
+    so what is written is exactly what was counted)."""
     path, params = workspace
+
+    def no_tokenizing(*args, **kwargs):
+        raise AssertionError("export tokenized a text although the pack stage kept its ids")
+
     with Workspace(path) as ws:
-        export.export_contexts(ws, params, tmp_path / "cold", "tokens")
-        ws.execute("DELETE FROM token_cache")
-        pipeline.run(ws, params, until="pack", force=("pack",))  # counts: keeps the ids
-
-        def no_tokenizing(*args, **kwargs):
-            raise AssertionError("export tokenized again although the pack stage kept the ids")
-
-        monkeypatch.setattr(pack, "token_ids", no_tokenizing)
-        export.export_contexts(ws, params, tmp_path / "warm", "tokens")
-    for name in ("tokens.bin", "offsets.npy"):
-        assert (tmp_path / "warm" / name).read_bytes() == (tmp_path / "cold" / name).read_bytes()
-
-
-def test_recent_token_ids_keep_within_budget_and_per_tokenizer() -> None:
-    recent = pack.RecentTokenIds(max_tokens=10)
-    ids = np.arange(12, dtype=np.uint32)
-    offsets = np.array([0, 4, 8, 12])
-    recent.keep("tok-a", ["h0", "h1", "h2"], ids, offsets)
-    assert recent.get("tok-a", "h0").tolist() == [0, 1, 2, 3]
-    assert recent.get("tok-a", "h1").tolist() == [4, 5, 6, 7]
-    assert recent.get("tok-a", "h2") is None  # would exceed 10 tokens
-    assert recent.get("tok-b", "h0") is None  # other tokenizer, other ids
-    recent.keep("tok-b", ["h9"], ids[:2], np.array([0, 2]))
-    assert recent.get("tok-a", "h0") is None and recent.get("tok-b", "h9").tolist() == [0, 1]
+        export.export_contexts(ws, params, tmp_path / "before", "tokens")
+        monkeypatch.setattr(tokenizer.LMTokenizer, "token_ids", no_tokenizing)
+        export.export_contexts(ws, params, tmp_path / "after", "tokens")
+    for name in ("tokens.ds", "tokens.ds.index", "offsets.npy"):
+        assert (tmp_path / "after" / name).read_bytes() == (tmp_path / "before" / name).read_bytes()

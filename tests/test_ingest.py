@@ -174,7 +174,10 @@ class TestBadRows:
         path.write_bytes(b"id,text\n1,good\n2,caf\xe9\n3,a,b\n")
         parsed = parse_source(path)
         assert parsed.ids == ["1"]
-        assert [r[2] for r in parsed.rejects] == ["not valid UTF-8", "more fields than the header"]
+        assert [r.reason for r in parsed.rejects] == [
+            "not valid UTF-8 at byte 5",
+            "more fields than the header (3, header has 2)",
+        ]
 
     def test_parquet_text_of_wrong_type(self, tmp_path):
         path = tmp_path / "d.parquet"

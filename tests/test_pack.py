@@ -122,3 +122,25 @@ def test_a_separator_left_over_for_the_next_context_is_no_content():
     content = packing.content_pieces()
     assert content.doc.tolist() == [0, 1] and content.context.tolist() == [0, 1]
     assert content.n_contexts == 2
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_split_keeps_the_short_context_last_after_shuffling(seed):
+    """Readers cut the token stream every L tokens: only the last context may be short."""
+    rng = np.random.default_rng(seed)
+    doc_tokens = rng.integers(1, 40, size=60)
+    packing = pack_contexts(np.arange(60), doc_tokens, 32, "split", shuffle=True, seed=seed)
+    filled = packing.context_tokens()
+    assert (filled[:-1] == 32).all() and 0 < filled[-1] <= 32
+    unshuffled = pack_contexts(np.arange(60), doc_tokens, 32, "split", shuffle=False)
+    assert filled[-1] == unshuffled.context_tokens()[-1]
+    # the full contexts really are shuffled
+    first_docs = packing.doc[np.searchsorted(packing.context, np.arange(packing.n_contexts))]
+    assert not (np.diff(first_docs[:-1]) >= 0).all()
+
+
+def test_whole_contexts_are_all_shuffled():
+    doc_tokens = np.full(40, 20)
+    packing = pack_contexts(np.arange(40), doc_tokens, 32, "whole", shuffle=True, seed=1)
+    first_docs = packing.doc[np.searchsorted(packing.context, np.arange(packing.n_contexts))]
+    assert sorted(first_docs.tolist()) == list(range(40)) and first_docs[-1] != 39

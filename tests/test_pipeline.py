@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from icp_core import pipeline, stages
@@ -23,24 +24,67 @@ def test_unchanged_run_skips_every_stage(tiny_workspace):
         assert set(statuses(pipeline.run(ws, TINY_PARAMS, force=True)).values()) == {"ran"}
 
 
-@pytest.mark.parametrize(
-    "change, reran",
-    [
-        ({"k": 6}, {"dedup", "order", "pack", "metrics"}),
-        ({"k": 40}, {"knn", "dedup", "order", "pack", "metrics"}),
-        ({"order": "original"}, {"order", "pack", "metrics"}),
-        ({"context_length": 32}, {"pack", "metrics"}),
-        ({"pack": "whole"}, {"pack", "metrics"}),
-        ({"dedup_threshold": None}, {"dedup", "order", "pack", "metrics"}),
-        ({"index": "hnsw"}, {"knn", "dedup", "order", "pack", "metrics"}),
-    ],
-)
-def test_a_change_reruns_only_dependent_stages(tiny_workspace, change, reran):
+EVERYTHING_AFTER_EMBED = {"embed", "knn", "dedup", "order", "pack", "metrics"}
+# Every parameter in turn: exactly the stages that read it (or read a stage that did) re-run.
+CHANGES = [
+    ({"k": 6}, {"dedup", "order", "pack", "metrics"}),
+    ({"k": 40}, {"knn", "dedup", "order", "pack", "metrics"}),  # deeper than stored
+    ({"order": "original"}, {"order", "pack", "metrics"}),
+    ({"context_length": 32}, {"pack", "metrics"}),
+    ({"pack": "whole"}, {"pack", "metrics"}),
+    ({"dedup_threshold": None}, {"dedup", "order", "pack", "metrics"}),
+    ({"index": "hnsw"}, {"knn", "dedup", "order", "pack", "metrics"}),
+    ({"index": "flat"}, set()),  # what auto resolves to on 18 documents
+    ({"seed": 7}, {"order", "pack", "metrics"}),  # an exact search does not use the seed
+    ({"max_tokens": 16}, EVERYTHING_AFTER_EMBED),
+    ({"model": "all-MiniLM-L6-v2"}, set()),  # the default model, named
+    ({"vectors": "RANDOM_VECTORS"}, EVERYTHING_AFTER_EMBED),
+    ({"tokenizer": "mistral-v3"}, {"pack", "metrics"}),
+    ({"tokenizer": "TEKKEN_FILE"}, set()),  # the default tokenizer's file, by path
+    ({"separator": "\n\n"}, {"pack", "metrics"}),
+    ({"shuffle": False}, {"pack", "metrics"}),
+    ({"label_field": "label"}, {"metrics"}),
+    ({"batch_size": 7}, set()),
+    ({"device": "cpu"}, set()),
+    ({"text_field": "body"}, set()),  # read by ingest only
+    ({"id_field": "key"}, set()),
+]
+
+
+def test_every_parameter_is_in_a_stage_key_or_declared_outside_them():
+    read = {name for stage in pipeline.STAGES for name in stage.reads}
+    fields = set(Params().to_dict())
+    assert read | set(pipeline.NOT_IN_KEYS) == fields
+    assert not read & set(pipeline.NOT_IN_KEYS)
+    assert {name for change, _ in CHANGES for name in change} == fields
+
+
+@pytest.mark.parametrize("change, reran", CHANGES, ids=[str(change) for change, _ in CHANGES])
+def test_a_change_reruns_only_dependent_stages(tiny_workspace, tmp_path, change, reran):
+    from icp_core import tokenizer
+
+    [(name, value)] = change.items()
+    if value == "RANDOM_VECTORS":
+        value = str(tmp_path / "vectors.npy")
+        np.save(value, np.random.default_rng(0).normal(size=(18, 8)).astype(np.float32))
+    if value == "TEKKEN_FILE":
+        value = str(tokenizer.resolve("mistral-tekken")[1])
+    params = TINY_PARAMS.updated(**{name: value})
     with Workspace(tiny_workspace) as ws:
-        outcomes = pipeline.run(ws, TINY_PARAMS.updated(**change))
-        ran = {stage for stage, status in statuses(outcomes).items() if status == "ran"}
-        assert ran == reran
-        assert stages.latest_metrics(ws, TINY_PARAMS.updated(**change))["every_doc_once"]
+        outcomes = pipeline.run(ws, params)
+        assert stages.latest_metrics(ws, params)["every_doc_once"]
+    assert {stage for stage, status in statuses(outcomes).items() if status == "ran"} == reran
+
+
+def test_a_new_seed_reruns_a_seeded_knn_search(tiny_workspace):
+    """The IVF index trains on a seeded sample: there the seed is part of the kNN key, so the
+    manifest's seed is the one the neighbours were searched with."""
+    ivf = TINY_PARAMS.updated(index="ivf")
+    with Workspace(tiny_workspace) as ws:
+        pipeline.run(ws, ivf)
+        outcomes = pipeline.run(ws, ivf.updated(seed=3))
+        assert statuses(outcomes)["knn"] == "ran"
+        assert ws.stage_state("knn")["params"]["seed"] == 3
 
 
 def test_lowering_k_back_reuses_the_deeper_search(tiny_workspace):

@@ -87,9 +87,9 @@ def sample_inputs(tmp_path_factory) -> dict:
 
 
 def read_contexts(folder: Path) -> list[dict]:
-    """What a user loads: every contexts*.parquet of an export (one file local, several Ray)."""
+    """What a user loads: every data/train-*.parquet shard of an export (either engine)."""
     return (
-        duckdb.sql(f"SELECT * FROM '{folder}/contexts*.parquet' ORDER BY context")
+        duckdb.sql(f"SELECT * FROM '{folder}/data/train-*.parquet' ORDER BY context")
         .to_arrow_table()
         .to_pylist()
     )
@@ -127,20 +127,20 @@ class TestSampleSubset:
     def test_every_input_row_accounted_for_once(self, ray_run, sample_inputs):
         _, manifest, out = ray_run
         rows = read_contexts(out)
-        duplicates = read_jsonl(out / "duplicates.jsonl")
-        rejects = read_jsonl(out / "rejects.jsonl")
+        duplicates = read_jsonl(out / "removed" / "duplicates.jsonl")
+        rejects = read_jsonl(out / "removed" / "rejects.jsonl")
         placed = [doc_id for row in rows for doc_id in set(row["doc_ids"])]
         kept = set(placed)
         assert len(kept) + len(duplicates) + len(rejects) == sample_inputs["n_lines"]
         assert not kept & {d["id"] for d in duplicates}
         texts = {row["id"]: row["text"] for row in sample_inputs["rows"]}
-        assert reassemble(rows, "[SEP]") == {doc_id: texts[doc_id] for doc_id in kept}
+        assert reassemble(rows, "</s>") == {doc_id: texts[doc_id] for doc_id in kept}
         assert manifest["metrics"]["every_doc_once"] is True
         assert manifest["metrics"]["n_documents"] == N_SAMPLE
 
     def test_rejects_keep_file_line_and_reason(self, ray_run, sample_inputs):
         _, manifest, out = ray_run
-        rejects = {r["line"]: r for r in read_jsonl(out / "rejects.jsonl")}
+        rejects = {r["line"]: r for r in read_jsonl(out / "removed" / "rejects.jsonl")}
         ugly = str(sample_inputs["inputs"][-1])
         assert {r["source"] for r in rejects.values()} == {ugly}
         assert "invalid JSON" in rejects[1]["reason"]
@@ -154,18 +154,34 @@ class TestSampleSubset:
     def test_contexts_load_like_the_local_export(self, ray_run, local_run):
         _, manifest, out = ray_run
         _, local_out = local_run
-        ray_table = pq.read_table(out / manifest["context_files"][0])
-        local_table = pq.read_table(local_out / "contexts.parquet")
-        assert ray_table.schema.equals(local_table.schema)
-        assert len(manifest["context_files"]) > 1, "contexts_per_file=64 must shard the output"
+        ray_shards = sorted((out / "data").glob("train-*.parquet"))
+        [local_shard] = (local_out / "data").glob("train-*.parquet")
+        assert pq.read_table(ray_shards[0]).schema.equals(pq.read_table(local_shard).schema)
+        assert len(ray_shards) == manifest["counts"]["shards"] > 1, "64 per file must shard"
         rows = read_contexts(out)
         assert [row["context"] for row in rows] == list(range(manifest["counts"]["n_contexts"]))
         assert all(row["n_tokens"] <= PARAMS.context_length for row in rows)
+        # one short context per partition, all of them at the end of the global order
+        short = [row["context"] for row in rows if row["n_tokens"] < PARAMS.context_length]
+        assert short == list(range(len(rows) - len(short), len(rows))) and len(short) <= 2
+        for row in rows:
+            assert sum(row["doc_lengths"]) == len(row["input_ids"]) == row["n_tokens"]
         local_rows = read_contexts(local_out)
-        assert reassemble(rows, "[SEP]") == reassemble(local_rows, "[SEP]")
-        assert sorted(read_jsonl(out / "duplicates.jsonl"), key=lambda d: d["id"]) == sorted(
-            read_jsonl(local_out / "duplicates.jsonl"), key=lambda d: d["id"]
-        )
+        assert reassemble(rows, "</s>") == reassemble(local_rows, "</s>")
+        assert sorted(
+            read_jsonl(out / "removed" / "duplicates.jsonl"), key=lambda d: d["id"]
+        ) == sorted(read_jsonl(local_out / "removed" / "duplicates.jsonl"), key=lambda d: d["id"])
+
+    def test_manifest_has_the_local_engines_keys(self, ray_run, local_run):
+        _, manifest, out = ray_run
+        _, local_out = local_run
+        local = json.loads((local_out / "manifest.json").read_text())
+        assert set(manifest) == set(local) and manifest["schema_version"] == 2
+        assert set(manifest["parameters"]) == set(local["parameters"])
+        assert manifest["tokenizer"] == local["tokenizer"]
+        assert manifest["parameters"]["index"] in ("flat", "ivf")
+        for name, entry in manifest["files"].items():
+            assert (out / name).stat().st_size == entry["bytes"], name
 
     def test_metrics_within_target_of_local_engine(self, ray_run, local_run):
         outcomes, manifest, _ = ray_run
@@ -246,7 +262,7 @@ def test_cli_joins_a_running_cluster(ray_cluster, sample_inputs, tmp_path):
     assert printed["every_doc_once"] and printed["n_documents"] == N_SAMPLE // 3
     assert "order    ran" in result.stderr
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert manifest["engine"] == "ray" and manifest["cluster"]["cpus"] == 2
+    assert manifest["engine"] == "ray" and manifest["run"]["cluster"]["cpus"] == 2
 
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2

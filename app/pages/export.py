@@ -15,18 +15,20 @@ from icp_core.export import FORMATS
 # a download is built in memory; larger exports go to a folder
 DOWNLOAD_LIMIT_MB = 200
 FORMAT_NOTES = {
-    "jsonl": "`contexts.jsonl`: one JSON object per context (context, text, doc_ids, n_tokens)",
-    "parquet": "`contexts.parquet`: the same columns, for `datasets`, pandas or Spark",
-    "tokens": "`tokens.bin` + `offsets.npy`: flat token ids for `np.memmap`; context i is "
-    "`tokens[offsets[i]:offsets[i + 1]]`",
+    "jsonl": "a dataset folder: `data/train-*.jsonl` shards, one context per line with "
+    "`input_ids`, `doc_lengths`, `doc_ids` and `text`",
+    "parquet": "the same as Parquet shards: `datasets.load_dataset(folder)` reads them",
+    "tokens": "`tokens.ds` (every context exactly its length, the short last one at the end), "
+    "`tokens.ds.index` (document ends) and `offsets.npy`, for fixed-stride readers",
 }
 
 ws = state.page_setup()
 st.title("Export")
 fmt = st.radio("Format", FORMATS, key="export_format", captions=[FORMAT_NOTES[f] for f in FORMATS])
 st.caption(
-    "Every export also holds manifest.json (parameters, fingerprints, metrics), "
-    "duplicates.jsonl and rejects.jsonl."
+    "Every export also holds manifest.json (model, tokenizer, parameters, library versions, "
+    "checksums, metrics) and removed/ (duplicates and rejects). Tokens are your LM's, from the "
+    "Tokenizer box in the sidebar."
 )
 
 

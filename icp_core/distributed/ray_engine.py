@@ -17,7 +17,7 @@ The stages call the same pure functions as the local engine; only where the data
   own task and cut into fragments; the driver stitches fragment ends across partitions from the
   ends' kNN lists (see `partition.py`).
 - pack: `pack.pack_contexts` per partition, on the chains of fragments it was given; context ids
-  are one global permutation; writer tasks write `contexts-XXXXX-of-YYYYY.parquet`, each
+  are one global permutation; writer tasks write `data/train-XXXXX-of-YYYYY.parquet`, each
   holding a range of the shuffled ids.
 
 Intermediate tables travel through the Ray object store (spilled to disk when full). Input
@@ -27,7 +27,6 @@ as for Ray Data's own readers and writers.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -35,7 +34,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +44,21 @@ import pyarrow.parquet as pq
 import ray
 
 import icp_core
-from icp_core import __version__, dedup, embed, export, knn, metrics, pack, stages, traverse
+from icp_core import (
+    dedup,
+    embed,
+    export,
+    knn,
+    manifest,
+    metrics,
+    pack,
+    stages,
+    tokenizer,
+    traverse,
+)
 from icp_core.distributed import partition
 from icp_core.errors import IcpError
-from icp_core.ingest import detect_format, parse_source
+from icp_core.ingest import check_input, detect_format, parse_source
 from icp_core.params import Params
 from icp_core.pipeline import StageOutcome
 
@@ -283,8 +292,7 @@ def _number_task(table: pa.Table, drop_rows: np.ndarray, first_doc: int) -> pa.T
 def ingest_stage(inputs: list[str], params: Params, report: Report) -> Corpus:
     """Parse every input in parallel; reject repeated ids like the local ingest does."""
     for path in inputs:
-        if not Path(path).exists():
-            raise IcpError(f"{path}: no such file or folder")
+        check_input(Path(path))  # missing, dangling or not a regular file: one line, unopened
         detect_format(Path(path))
     label_field = params.label_field or "label"
     parsed = [
@@ -517,6 +525,10 @@ def embed_stage(
         "embedded": corpus.n_documents,
         "imported": 0,
         "model_key": embed.model_key(str(model_path), params.max_tokens),
+        # the actors' device: one GPU each when the cluster has GPUs (_embed_with_ray_data)
+        "device": "cuda"
+        if _cluster_cpus_gpus()[1] and params.device in ("auto", "cuda")
+        else "cpu",
     }
 
 
@@ -1013,12 +1025,12 @@ def _pack_task(
     members = path_docs[by_doc]
     order = np.empty(len(path_docs), dtype=np.int64)
     order[by_doc] = np.arange(len(path_docs))
-    tokenizer_path = str(stages._tokenizer_for(params))
-    tokenizer = pack.load_tokenizer(tokenizer_path)
-    sep_ids = np.asarray(stages.separator_for(params), dtype=np.int64)
+    lm = stages.lm_tokenizer(params)
+    sep_ids = np.asarray(lm.separator_ids(params.separator), dtype=np.int64)
     texts = table.column("text").to_pylist()
+    token_ids, token_offsets = lm.token_ids(texts)
     doc_tokens = np.empty(len(texts), dtype=np.int64)
-    doc_tokens[order] = pack.count_tokens(tokenizer, texts)
+    doc_tokens[order] = np.diff(token_offsets)
     packing = pack.pack_contexts(
         order, doc_tokens, params.context_length, params.pack, len(sep_ids), shuffle=False
     )
@@ -1040,7 +1052,12 @@ def _pack_task(
         None,  # context_cache_gain needs the corpus-wide unigram model; see combine_metrics
     )
     pieces_per_context = np.bincount(packing.context, minlength=packing.n_contexts)
+    filled = packing.context_tokens()
     summary = {
+        # short contexts go last in the global order (a fixed-stride reader stays in step)
+        "short_contexts": np.flatnonzero(filled < params.context_length)
+        if params.pack == "split"
+        else np.zeros(0, dtype=np.int64),
         "n_docs": len(members),
         "n_contexts": packing.n_contexts,
         "metrics": measured,
@@ -1051,39 +1068,37 @@ def _pack_task(
         "over_length": int((packing.context_tokens() > params.context_length).sum()),
         "pieces": int(len(packing.doc)),
     }
-    ids = table.column("id").to_pylist()
-    rows = _context_rows(
-        packing,
-        sorted_texts,
-        np.asarray(ids, dtype=object)[by_doc],
-        doc_tokens,
-        tokenizer,
+    ids = np.asarray(table.column("id").to_pylist(), dtype=object)[by_doc]
+    # document d (doc order) holds token_ids[token_offsets[by_doc[d]]:...]; a piece its slice
+    first_token = token_offsets[by_doc][packing.doc]
+    piece_ids = [
+        token_ids[a + s : a + e]
+        for a, s, e in zip(
+            first_token.tolist(), packing.start.tolist(), packing.end.tolist(), strict=True
+        )
+    ]
+    piece_offsets = np.zeros(len(piece_ids) + 1, dtype=np.int64)
+    np.cumsum(packing.end - packing.start, out=piece_offsets[1:])
+    docs, n_pieces = np.unique(packing.doc, return_counts=True)
+    split_docs = docs[n_pieces > 1].tolist()
+    rows = export.context_rows(
+        lm,
         sep_ids,
-    )
-    return rows, summary
-
-
-def _context_rows(
-    packing: pack.Packing,
-    texts: list[str],
-    ids: np.ndarray,
-    doc_tokens: np.ndarray,
-    tokenizer: Any,
-    sep_ids: np.ndarray,
-) -> pa.Table:
-    """One row per context in the export's schema (context ids local to the partition)."""
-    return export.context_rows(
-        tokenizer,
-        sep_ids,
-        packing.context,
-        packing.doc,
-        packing.start,
-        packing.end,
-        packing.sep,
-        doc_tokens[packing.doc],
-        [texts[doc] for doc in packing.doc.tolist()],
+        {
+            "context": packing.context,
+            "doc": packing.doc,
+            "start": packing.start,
+            "end": packing.end,
+            "sep": packing.sep,
+            "n_tokens": doc_tokens[packing.doc],
+        },
+        np.concatenate(piece_ids) if piece_ids else np.zeros(0, dtype=np.uint32),
+        piece_offsets,
+        [sorted_texts[doc] for doc in packing.doc.tolist()],
+        {doc: sorted_texts[doc] for doc in split_docs},
         pa.array(ids[packing.doc].tolist(), pa.string()),
     )
+    return rows, summary
 
 
 @ray.remote
@@ -1161,13 +1176,10 @@ def pack_stage(
         summaries.append(_get(summary_ref))
         report(done, len(tasks) + 1)
     n_contexts = sum(s["n_contexts"] for s in summaries)
-    if params.shuffle:
-        new_ids = np.random.default_rng(params.seed).permutation(n_contexts)
-    else:
-        new_ids = np.arange(n_contexts)
+    offsets = np.cumsum([0] + [s["n_contexts"] for s in summaries])
+    new_ids = _global_context_ids(summaries, offsets, params)
     per_file = options.contexts_per_file
     n_files = max(1, math.ceil(n_contexts / per_file))
-    offsets = np.cumsum([0] + [s["n_contexts"] for s in summaries])
     split = [
         _refs(
             _split_task.options(num_returns=n_files).remote(
@@ -1177,10 +1189,13 @@ def pack_stage(
         )
         for p, (rows, _) in enumerate(tasks)
     ]
-    names = [f"contexts-{j:05d}-of-{n_files:05d}.parquet" for j in range(n_files)]
+    names = [f"train-{j:05d}-of-{n_files:05d}.parquet" for j in range(n_files)]
+    (staging / export.DATA_FOLDER).mkdir()
     written = _get(
         [
-            _write_task.remote(str(staging / name), *[parts[j] for parts in split])
+            _write_task.remote(
+                str(staging / export.DATA_FOLDER / name), *[parts[j] for parts in split]
+            )
             for j, name in enumerate(names)
         ]
     )
@@ -1192,6 +1207,23 @@ def pack_stage(
         "written_rows": int(sum(written)),
     }
     return names, summaries, counts
+
+
+def _global_context_ids(
+    summaries: list[dict[str, Any]], offsets: np.ndarray, params: Params
+) -> np.ndarray:
+    """New ids for the partitions' contexts (concatenated): shuffled with the seed, except
+    that short contexts (one per partition in `split` mode) take the last ids."""
+    n_contexts = int(offsets[-1])
+    short = np.zeros(n_contexts, dtype=bool)
+    for summary, first in zip(summaries, offsets[:-1].tolist(), strict=False):
+        short[first + np.asarray(summary["short_contexts"], dtype=np.int64)] = True
+    full, partial = np.flatnonzero(~short), np.flatnonzero(short)
+    if params.shuffle:
+        full = full[np.random.default_rng(params.seed).permutation(len(full))]
+    new_ids = np.empty(n_contexts, dtype=np.int64)
+    new_ids[np.concatenate([full, partial])] = np.arange(n_contexts)
+    return new_ids
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1268,8 +1300,10 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def _write_removed(staging: Path, corpus: Corpus, removed: Removed, params: Params) -> None:
     by_doc = np.argsort(removed.doc)
     reason = f"semantic duplicate (cosine >= {params.dedup_threshold})"
+    folder = staging / export.REMOVED_FOLDER
+    folder.mkdir()
     _write_jsonl(
-        staging / "duplicates.jsonl",
+        folder / "duplicates.jsonl",
         [
             {
                 "id": removed.ids[i],
@@ -1280,7 +1314,7 @@ def _write_removed(staging: Path, corpus: Corpus, removed: Removed, params: Para
             for i in by_doc
         ],
     )
-    _write_jsonl(staging / "rejects.jsonl", corpus.rejects.to_pylist())
+    _write_jsonl(folder / "rejects.jsonl", corpus.rejects.to_pylist())
 
 
 def resolve_partitions(requested: int | None, n_kept: int, n_lists: int) -> int:
@@ -1301,8 +1335,8 @@ def run_pipeline(
 ) -> tuple[list[StageOutcome], dict[str, Any]]:
     """Run ingest .. pack on Ray and write the export folder `out`.
 
-    `out` receives what `icp export --format parquet` writes (context rows, duplicates.jsonl,
-    rejects.jsonl, manifest.json), the contexts split over `contexts-*-of-*.parquet` files, plus
+    `out` receives what `icp export --format parquet` writes (context rows in
+    `data/train-*-of-*.parquet` shards, removed/, the dataset card, manifest.json), plus
     `embeddings.parquet/` when the run embedded (pass it back as --vectors to skip that).
 
     Returns:
@@ -1318,7 +1352,7 @@ def run_pipeline(
             "--order original: its near-copy text filter runs on the local engine only; "
             "use --engine local, or another --order on Ray"
         )
-    stages._tokenizer_for(params)  # a missing tokenizer fails here, not in a task
+    stages.lm_tokenizer(params)  # a missing tokenizer fails here, not in a task
     with export.staged_folder(out, overwrite) as staging, ray_session(options):
         outcomes, manifest = _run_stages(inputs, params, staging, options, progress)
     return outcomes, manifest
@@ -1382,10 +1416,13 @@ def _run_stages(
         raise IcpError("internal check failed: a context exceeds --context-length")
     _write_removed(staging, corpus, removed, params)
     shutil.rmtree(work, ignore_errors=True)
-    manifest = _manifest(staging, params, names, corpus, outcomes, result, embed_counts)
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    export.write_dataset_card(
+        staging, "parquet", params.context_length, stages.lm_tokenizer(params)
+    )
+    written = _manifest(staging, params, names, corpus, outcomes, result, embed_counts, knn_counts)
+    manifest.write(staging, written)
     timed("metrics", {k: v for k, v in result.items() if not isinstance(v, dict)}, started)
-    return outcomes, manifest
+    return outcomes, written
 
 
 def _manifest(
@@ -1396,26 +1433,48 @@ def _manifest(
     outcomes: list[StageOutcome],
     result: dict[str, Any],
     embed_counts: dict[str, Any],
+    knn_counts: dict[str, Any],
 ) -> dict[str, Any]:
-    tokenizer_path = str(stages._tokenizer_for(params))
+    """The same manifest the local export writes (`icp_core.manifest`), Ray's run details
+    under `run`."""
+    lm = stages.lm_tokenizer(params)
+    sep_ids = lm.separator_ids(params.separator)
+    resolved = params.to_dict()
+    name, path = tokenizer.resolve(params.tokenizer)
+    resolved.update(
+        index=knn_counts["index"],
+        device=None if params.vectors else embed_counts.get("device") or params.device,
+        tokenizer=name if name in tokenizer.BUILTINS else str(path),
+    )
     cpus, gpus = _cluster_cpus_gpus()
-    return {
-        "tool": "icp-workbench",
-        "version": __version__,
-        "engine": "ray",
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "format": "parquet",
-        "files": {p.name: p.stat().st_size for p in sorted(staging.iterdir()) if p.is_file()},
-        "context_files": names,
-        "parameters": params.to_dict(),
-        "tokenizer_key": pack.tokenizer_key(tokenizer_path),
-        "separator_ids": stages.separator_for(params),
-        "model_key": embed_counts["model_key"],
-        "counts": {"n_contexts": result["n_contexts"], "n_files": len(names)},
-        "metrics": result,
-        "sources": corpus.sources,
-        "stages": [
-            {"stage": o.stage, "seconds": round(o.seconds, 3), "counts": o.counts} for o in outcomes
+    return manifest.build(
+        engine="ray",
+        fmt="parquet",
+        parameters=resolved,
+        model=manifest.model_info(params),
+        tokenizer=manifest.tokenizer_info(lm, sep_ids, lm.pad_id()),
+        inputs=[
+            {
+                **source,
+                "source": str(Path(source["source"]).resolve()),
+                "hash_algorithm": "blake2b-128",
+                "text_field": params.text_field,
+                "id_field": params.id_field,
+            }
+            for source in corpus.sources
         ],
-        "cluster": {"nodes": len(ray.nodes()), "cpus": cpus, "gpus": gpus},
-    }
+        counts={"n_contexts": result["n_contexts"], "shards": len(names)},
+        metrics=result,
+        folder=staging,
+        extra={
+            "export": {"shard_size": CONTEXTS_PER_FILE, "drop_last": False},
+            "dropped_last": None,
+            "run": {
+                "stages": [
+                    {"stage": o.stage, "seconds": round(o.seconds, 3), "counts": o.counts}
+                    for o in outcomes
+                ],
+                "cluster": {"nodes": len(ray.nodes()), "cpus": cpus, "gpus": gpus},
+            },
+        },
+    )

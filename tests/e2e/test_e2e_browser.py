@@ -176,11 +176,12 @@ def test_export_writes_a_folder_and_shows_its_manifest(page, tmp_path):
     page.get_by_role("button", name="Write", exact=True).click()
     page.get_by_role("heading", name="Manifest").wait_for(timeout=60_000)
     settle(page, "Export")
-    assert {p.name for p in out.iterdir()} == {
-        "contexts.parquet",
+    assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == {
+        "README.md",
+        "data/train-00000-of-00001.parquet",
         "manifest.json",
-        "duplicates.jsonl",
-        "rejects.jsonl",
+        "removed/duplicates.jsonl",
+        "removed/rejects.jsonl",
     }
     shoot(page, "9-export-done")
 

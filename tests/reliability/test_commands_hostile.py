@@ -290,8 +290,9 @@ class TestExportTarget:
             "export", "-w", tiny_workspace, "--out", out, preexec_fn=lambda: os.umask(umask)
         )
         assert result.returncode == 0, result.stderr
-        assert out.stat().st_mode & 0o777 == folder
-        assert {p.stat().st_mode & 0o777 for p in out.iterdir()} == {file}
+        inside = list(out.rglob("*"))
+        assert {p.stat().st_mode & 0o777 for p in [out, *inside] if p.is_dir()} == {folder}
+        assert {p.stat().st_mode & 0o777 for p in inside if p.is_file()} == {file}
 
     def test_stale_partials_only_when_provably_ours(self, tmp_path):
         mine = tmp_path / ".out.partial-user"  # a folder of the user's that matches the pattern
@@ -301,11 +302,13 @@ class TestExportTarget:
         finished = subprocess.run(
             [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
         )
-        (dead / ".icp-partial").write_text(finished.stdout.strip())  # its writer is gone
+        owner = tmp_path / ".out.partial-dead.owner"
+        owner.write_text(finished.stdout.strip())  # its writer is gone
         with staged_folder(tmp_path / "out") as staging:
             (staging / "manifest.json").write_text('{"tool": "icp-workbench"}')
-        assert mine.exists() and not dead.exists()
-        assert is_icp_export(tmp_path / "out") and not (tmp_path / "out" / ".icp-partial").exists()
+        assert mine.exists() and not dead.exists() and not owner.exists()
+        assert is_icp_export(tmp_path / "out")
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".out.partial-user", "out"]
 
 
 # -- options -------------------------------------------------------------------------------------
