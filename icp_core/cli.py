@@ -1,4 +1,5 @@
-"""The `icp` command. The only place that sets up progress bars, logging and exit codes.
+"""The `icp` command. The only place that sets up progress bars, logging and exit codes
+(`report_failure`; the codes are listed in `icp_core.errors`).
 
 Every stage command brings the stages before it up to date first (like make), so
 `icp order --order original` on a fresh workspace embeds, searches and dedups as needed.
@@ -10,20 +11,25 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-from icp_core.errors import IcpError
+from icp_core.errors import ExitCode, IcpError
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="In-context pretraining: order related documents into LLM pretraining contexts.",
     pretty_exceptions_enable=False,
+    # plain click help: rich markup would eat the "[default]" in every option's help text
+    rich_markup_mode=None,
 )
 
 WorkspaceOpt = Annotated[
@@ -113,29 +119,54 @@ def _progress_factory():
     return factory
 
 
-def _open(workspace: Path, wait: float = 0.0, read_only: bool = False):
-    from icp_core.workspace import Workspace
+@contextmanager
+def _open(workspace: Path, wait: float = 0.0, read_only: bool = False) -> Iterator[Any]:
+    """The workspace, open for the block; a read or write of it that fails for a damaged file
+    or a full disk becomes that one-line error (`workspace.storage_error`)."""
+    from icp_core.workspace import Workspace, storage_error
 
-    return Workspace(workspace, read_only=read_only, wait_s=wait)
+    if wait < 0:
+        raise IcpError(f"--wait {wait}: must be 0 or more seconds")
+    with Workspace(workspace, read_only=read_only, wait_s=wait) as ws:
+        try:
+            yield ws
+        except Exception as err:
+            translated = storage_error(workspace, err)
+            if translated is None:
+                raise
+            raise translated from None
 
 
-def _params(ws, **given: Any):
+def _params(ws, no_dedup: bool = False, **given: Any):
     """Workspace settings overlaid with the options given on this command line."""
-    return _overlay(ws.load_settings(), **given)
+    return _overlay(ws.load_settings(), no_dedup, **given)
 
 
-def _overlay(settings: dict[str, Any], **given: Any):
-    """Stored settings (or none) overlaid with the options given on this command line."""
+def _overlay(settings: dict[str, Any], no_dedup: bool = False, **given: Any):
+    """Stored settings (or none) overlaid with the options given on this command line,
+    validated before anything is stored: a bad value changes nothing in the workspace, and
+    a bad stored value (from an older version) names the option that replaces it."""
     from icp_core.params import Params
 
-    params = Params.from_dict(settings)
     changes = {key: value for key, value in given.items() if value is not None}
     for key in ("vectors", "tokenizer", "model"):
         if isinstance(changes.get(key), Path):
             changes[key] = str(changes[key])
     if "model" in changes:
         changes.setdefault("vectors", None)  # choosing a model stops using imported vectors
-    return params.updated(**changes).validate()
+    if no_dedup:
+        changes["dedup_threshold"] = None
+    params = Params.from_dict(settings).updated(**changes)
+    return params.validate(stored=set(settings) - set(changes))
+
+
+def _check_label_field(ws, label_field: str | None) -> None:
+    """Refuse a --label-field no document carries before it is stored: the stored value
+    would fail every later command's metrics."""
+    from icp_core import stages
+
+    if label_field is not None and ws.n_documents():
+        stages.resolve_label_field(ws, label_field)
 
 
 def _echo_outcomes(outcomes) -> None:
@@ -253,9 +284,7 @@ def dedup(
 ) -> None:
     """Group semantic near-duplicates; removed documents are recorded, never lost."""
     with _open(workspace, wait) as ws:
-        params = _params(ws, dedup_threshold=dedup_threshold, k=k)
-        if no_dedup:
-            params = params.updated(dedup_threshold=None)
+        params = _params(ws, no_dedup, dedup_threshold=dedup_threshold, k=k)
         _run_until(ws, params, "dedup", force)
 
 
@@ -311,6 +340,7 @@ def metrics(
 
     with _open(workspace, wait) as ws:
         params = _params(ws, label_field=label_field)
+        _check_label_field(ws, label_field)
         pipeline.run(ws, params, until="metrics", progress=_progress_factory())
         result = stages.latest_metrics(ws, params)
     if as_json:
@@ -348,6 +378,7 @@ def eval_command(
     """Compare ordering methods and packing policies on this workspace in one table."""
     from icp_core import evaluate
     from icp_core.pack import PACK_MODES
+    from icp_core.params import choose
     from icp_core.traverse import METHODS
 
     orders = orders or list(METHODS)
@@ -355,7 +386,7 @@ def eval_command(
     for name, choices, flag in ((orders, METHODS, "--order"), (packs, PACK_MODES, "--pack")):
         unknown = [value for value in name if value not in choices]
         if unknown:
-            raise IcpError(f"{flag} {unknown[0]}: choose from {', '.join(choices)}")
+            raise IcpError(f"{flag} {unknown[0]}: {choose(unknown[0], choices)}")
     progress = _progress_factory()
     with _open(workspace, wait) as ws:
         params = _params(
@@ -367,6 +398,7 @@ def eval_command(
             label_field=label_field,
             seed=seed,
         )
+        _check_label_field(ws, label_field)
         _run_until(ws, params, "dedup", False)
         corpus = evaluate.load_corpus(ws, params, progress("tokens"))
     result = evaluate.evaluate(corpus, orders, packs, report=progress("eval"))
@@ -387,6 +419,8 @@ def export(
     from icp_core import export as export_module
     from icp_core import pipeline, stages
 
+    _check_format(fmt)
+    export_module.check_out(out, overwrite, keep=[workspace])
     with _open(workspace, wait) as ws:
         params = _params(ws)
         pipeline.run(ws, params, until="metrics", progress=_progress_factory())
@@ -407,6 +441,15 @@ def export(
 
 
 ENGINES = ("local", "ray")
+
+
+def _check_format(fmt: str) -> None:
+    """Refuse an unknown --format before any stage runs."""
+    from icp_core.export import FORMATS
+    from icp_core.params import choose
+
+    if fmt not in FORMATS:
+        raise IcpError(f"--format {fmt}: {choose(fmt, FORMATS)}")
 
 
 @app.command()
@@ -465,9 +508,11 @@ def run(
     """Run every stage: ingest, embed, knn, dedup, order, pack, metrics (and export)."""
     from icp_core import export as export_module
     from icp_core import pipeline, stages
+    from icp_core.params import choose
 
     if engine not in ENGINES:
-        raise IcpError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+        raise IcpError(f"--engine {engine}: {choose(engine, ENGINES)}")
+    _check_format(fmt)
     given = {
         "text_field": text_field,
         "id_field": id_field,
@@ -493,12 +538,13 @@ def run(
         return
     if workspace is None:
         raise IcpError("--workspace is required with --engine local (the default)")
+    if out is not None:
+        export_module.check_out(out, overwrite, keep=[workspace])
     with _open(workspace, wait) as ws:
-        params = _params(ws, **given)
-        if no_dedup:
-            params = params.updated(dedup_threshold=None)
+        params = _params(ws, no_dedup, **given)
         progress = _progress_factory()
         outcomes = [pipeline.ingest(ws, [str(p) for p in inputs], params, progress)]
+        _check_label_field(ws, label_field)
         outcomes += pipeline.run(ws, params, force=force, progress=progress)
         _echo_outcomes(outcomes)
         result = stages.latest_metrics(ws, params)
@@ -540,9 +586,7 @@ def _run_on_ray(
             "--engine ray needs Ray: pip install 'icp-workbench[ray]' (or '.[ray]' in a checkout)"
         ) from None
 
-    params = _overlay({}, **given)
-    if no_dedup:
-        params = params.updated(dedup_threshold=None)
+    params = _overlay({}, no_dedup, **given)
     options = ray_engine.RayOptions(address=ray_address, partitions=partitions)
     outcomes, manifest = ray_engine.run_pipeline(
         [str(p) for p in inputs], params, out, options, overwrite, _progress_factory()
@@ -608,6 +652,9 @@ def job(
     """
     from icp_core import pipeline
 
+    # the app cancels a job with SIGTERM and expects it gone at once, not after the current
+    # compiled loop returns; the DuckDB write it interrupts rolls back all the same
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if spec == "-":
         pipeline.warm_up()
         text = sys.stdin.read()
@@ -621,18 +668,32 @@ def job(
 
 
 @app.command()
-def check(workspace: WorkspaceOpt, wait: WaitOpt = 0.0) -> None:
+def check(
+    workspace: WorkspaceOpt,
+    deep: Annotated[
+        bool,
+        typer.Option(
+            "--deep", help="First read every table and index block back (slower; exit 4 if any "
+            "is damaged)."
+        ),
+    ] = False,
+    wait: WaitOpt = 0.0,
+) -> None:
     """Check the invariants: documents in = kept + duplicates + rejects, each kept document
-    exactly once across contexts, no context longer than the context length."""
-    from icp_core import stages
+    exactly once across contexts, no context longer than the context length (every stage
+    must be up to date with the ones it reads)."""
+    from icp_core.check import check_workspace
 
     with _open(workspace, wait, read_only=True) as ws:
-        problems = stages.check_invariants(ws)
+        problems = check_workspace(ws, deep)
     if problems:
         for problem in problems:
             typer.echo(f"FAIL {problem}", err=True)
-        raise typer.Exit(1)
-    typer.echo("ok: every document accounted for, each kept document exactly once, contexts fit")
+        raise typer.Exit(ExitCode.PROBLEMS)
+    read = "every block read back, " if deep else ""
+    typer.echo(
+        f"ok: {read}every document accounted for, each kept document exactly once, contexts fit"
+    )
 
 
 @app.command(name="app")
@@ -663,36 +724,79 @@ def app_command(
     os.execv(sys.executable, command)
 
 
-def main() -> None:
+_STOP_SIGNALS = {signal.SIGINT: ExitCode.INTERRUPTED, signal.SIGTERM: ExitCode.TERMINATED}
+_stopped_by: list[int] = []  # the signal that stopped this run, if one did
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM: unwind like Ctrl-C, so open transactions roll back and the workspace
+    is closed cleanly (a second signal while unwinding is ignored)."""
+    if not _stopped_by:
+        _stopped_by.append(signum)
+        raise KeyboardInterrupt
+
+
+def report_failure(err: BaseException) -> int:
+    """Print the message for a failure on stderr and return the process's exit code.
+
+    The one place that maps failure classes to what the user sees (codes in `errors`):
+    an `IcpError` is one `error: ...` line with its own code; a usage error is click's usage
+    message and 2; Ctrl-C or SIGTERM is one line and 130 or 143; anything else is a bug,
+    one `internal error` line (the traceback with `ICP_DEBUG=1`) and 70.
+    """
+    import duckdb
+    from typer._click.exceptions import ClickException  # typer vendors click: not click's own
+    from typer.exceptions import Abort
+
+    if isinstance(err, typer.Exit):
+        return err.exit_code
+    if isinstance(err, IcpError):
+        typer.echo(f"error: {err}", err=True)
+        return err.exit_code
+    if isinstance(err, ClickException):
+        err.show()
+        return ExitCode.USAGE
+    if isinstance(err, KeyboardInterrupt | Abort | duckdb.InterruptException):
+        signum = _stopped_by[0] if _stopped_by else signal.SIGINT
+        typer.echo(
+            f"interrupted ({signal.Signals(signum).name}); finished work is kept, "
+            "re-run to resume",
+            err=True,
+        )
+        return _STOP_SIGNALS.get(signum, ExitCode.INTERRUPTED)
+    if os.environ.get("ICP_DEBUG"):
+        traceback.print_exception(err)
+    typer.echo(
+        f"internal error: {type(err).__name__}: {err} (a bug; set ICP_DEBUG=1 for the traceback)",
+        err=True,
+    )
+    return ExitCode.INTERNAL
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Run `icp` with `argv` (default: the command line) and exit with its code."""
     logging.basicConfig(
         level=os.environ.get("ICP_LOG", "WARNING"), format="%(levelname)s %(name)s: %(message)s"
     )
-    try:
-        code = app(standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
-    except IcpError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted; finished work is kept, re-run the command to continue", err=True)
-        sys.exit(130)
-    except typer.Exit as done:
-        sys.exit(done.exit_code)
-    except Exception as err:  # click usage errors and real bugs
-        import click
+    sys.exit(run_cli(argv))
 
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        if isinstance(err, click.exceptions.Abort):
-            sys.exit(1)
-        if os.environ.get("ICP_DEBUG"):
-            traceback.print_exc()
-        typer.echo(
-            f"internal error: {type(err).__name__}: {err} (set ICP_DEBUG=1 for the traceback)",
-            err=True,
-        )
-        sys.exit(1)
+
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run `icp` with `argv` in this process and return its exit code (never raises)."""
+    _stopped_by.clear()
+    previous = {signum: signal.signal(signum, _stop) for signum in _STOP_SIGNALS}
+    try:
+        code = app(args=argv, prog_name="icp", standalone_mode=False)
+    except BaseException as err:  # every failure ends in one message and a code
+        if isinstance(err, SystemExit):
+            raise
+        return report_failure(err)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if code == ExitCode.INTERRUPTED:  # typer turns Ctrl-C into Exit(130) and returns it
+        return report_failure(KeyboardInterrupt())
+    return code if isinstance(code, int) else ExitCode.OK
 
 
 if __name__ == "__main__":

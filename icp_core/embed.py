@@ -94,6 +94,24 @@ def model_max_tokens(model_path: Path) -> int | None:
         return None
 
 
+def model_token_limit(model_path: str | Path) -> int | None:
+    """The most tokens the model at `model_path` can read (its position embeddings), from its
+    `config.json` without loading it; None when the config does not say.
+
+    RoBERTa-style models reserve the first two positions (padding offset), so their limit is
+    `max_position_embeddings - 2`.
+    """
+    try:
+        config = json.loads((Path(model_path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    if not isinstance(positions, int) or positions <= 0:
+        return None
+    offset = 2 if "roberta" in str(config.get("model_type", "")) else 0
+    return positions - offset
+
+
 def pick_device(device: str = "auto") -> str:
     """`auto` picks CUDA when present, else CPU."""
     if device != "auto":
@@ -252,3 +270,4 @@ def _read_vectors_parquet(path: Path, doc_ids: np.ndarray) -> np.ndarray:
             "the file must cover every ingested id"
         )
     return given[[position[doc_id] for doc_id in doc_ids]]
+

@@ -28,10 +28,12 @@ Every folder holds `manifest.json` (`icp_core.manifest`) and, under `removed/`,
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +44,7 @@ import orjson
 import pyarrow as pa
 
 from icp_core import _kernels, manifest, stages, tokenizer
-from icp_core.errors import IcpError
+from icp_core.errors import IcpError, NoSpace
 from icp_core.faults import crash_point
 from icp_core.params import Params
 from icp_core.tokenizer import LMTokenizer
@@ -499,42 +501,159 @@ def _write_removed(ws: Workspace, folder: Path) -> None:
                 handle.write(orjson.dumps(row) + b"\n")
 
 
+# a file `STAGING.owner` next to each staging folder while it is filled, holding the writer's
+# PID: the proof that a `.NAME.partial-*` folder is ours, and whether its writer still runs
+# (beside the folder, not in it, so that the manifest never lists it)
+_OWNER_SUFFIX = ".owner"
+
+
+def _owner_file(staging: Path) -> Path:
+    return staging.with_name(staging.name + _OWNER_SUFFIX)
+
+
+def is_icp_export(path: str | Path) -> bool:
+    """True when `path` is a folder holding an export of this tool: a `manifest.json` that is a
+    JSON object with `"tool": "icp-workbench"` (the only manifest key relied on here)."""
+    manifest_file = Path(path) / manifest.MANIFEST
+    try:
+        if Path(path).is_symlink() or not manifest_file.is_file():
+            return False
+        data = json.loads(manifest_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("tool") == manifest.TOOL
+
+
+def _why_not_replace(out: Path, keep: Collection[Path]) -> str | None:
+    """Why `--overwrite` must not delete `out` (None: it is an earlier export, replace it)."""
+    if out.is_symlink():
+        return "a symbolic link"
+    target = out.resolve()
+    cwd = Path.cwd().resolve()
+    if target == Path(target.anchor):
+        return "the root folder"
+    if target == Path.home().resolve():
+        return "your home folder"
+    if cwd == target or target in cwd.parents:
+        return "the current folder or one holding it"
+    for path in keep:
+        kept = Path(path).resolve()
+        if kept == target or target in kept.parents:
+            return f"the workspace {path} or a folder holding it"
+    if not is_icp_export(out):
+        return "not an earlier export of this tool (no manifest.json naming icp-workbench)"
+    return None
+
+
+def _clear_stale_partials(parent: Path, name: str) -> None:
+    """Remove `.NAME.partial-*` folders left by killed exports: only those with an owner file
+    whose writing process is gone (a live export to the same --out keeps its folder; a folder
+    without an owner file is not provably ours and stays)."""
+    for owner in parent.glob(f".{name}.partial-*{_OWNER_SUFFIX}"):
+        try:
+            pid = int(owner.read_text())
+        except (OSError, ValueError):
+            continue
+        if pid != os.getpid() and _alive(pid):
+            continue
+        shutil.rmtree(owner.with_name(owner.name.removesuffix(_OWNER_SUFFIX)), ignore_errors=True)
+        owner.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def check_out(out: str | Path, overwrite: bool = False, keep: Collection[Path] = ()) -> None:
+    """Refuse an export folder `staged_folder` would refuse, before any work is done.
+
+    Raises:
+        IcpError: `out` exists without overwrite, or is not an export `overwrite` may replace
+            (see `staged_folder`), or a file stands where one of its folders should be.
+    """
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise IcpError(f"{out}: already exists; pass --overwrite to replace an earlier export")
+        refusal = _why_not_replace(out, keep)
+        if refusal:
+            raise IcpError(
+                f"{out}: --overwrite refused, it is {refusal}; "
+                "choose another --out (or remove it yourself)"
+            )
+    parent = out.parent if str(out.parent) else Path(".")
+    blocking = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        raise IcpError(f"{out}: {blocking} is a file, not a folder; choose another --out")
+
+
 @contextmanager
-def staged_folder(out: str | Path, overwrite: bool = False) -> Iterator[Path]:
+def staged_folder(
+    out: str | Path, overwrite: bool = False, keep: Collection[Path] = ()
+) -> Iterator[Path]:
     """A hidden sibling folder of `out` to write an export into, renamed to `out` when the
     block ends without error; otherwise removed, so nothing partial is ever left under `out`.
 
+    The folder gets the permissions the umask gives a new folder (0755 under umask 022), not
+    `mkdtemp`'s 0700. `overwrite` replaces only an earlier export of this tool
+    (`is_icp_export`), never the root, home or current folder, nor anything holding a path in
+    `keep` (the workspace); the earlier export is moved aside and deleted after the rename.
+
     Raises:
-        IcpError: `out` exists without overwrite, its folder is not writable, or a write in
-            the block failed (disk full, permissions).
+        IcpError: `out` exists without overwrite, or is not an export `overwrite` may replace,
+            or its folder is not writable.
+        NoSpace: a write in the block failed for lack of space or a file size limit.
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise IcpError(f"{out}: already exists; pass --overwrite to replace it")
+    check_out(out, overwrite, keep)
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        for stale in parent.glob(f".{out.name}.partial-*"):  # left by a killed export
-            shutil.rmtree(stale, ignore_errors=True)
+        _clear_stale_partials(parent, out.name)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+        _owner_file(staging).write_text(str(os.getpid()))
+        staging.chmod(0o777 & ~_umask())
     except OSError as err:
         raise IcpError(
             f"{out}: cannot write there ({err.strerror}); choose another --out"
         ) from None
+    aside: Path | None = None  # the earlier export, moved here until the new one is in place
     try:
         yield staging
         if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
+            aside = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
+            os.replace(out, aside / out.name)
         os.replace(staging, out)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
     except OSError as err:
         shutil.rmtree(staging, ignore_errors=True)
-        raise IcpError(
+        if aside is not None and (aside / out.name).exists() and not out.exists():
+            os.replace(aside / out.name, out)  # put the earlier export back
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+        error = NoSpace if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else IcpError
+        raise error(
             f"{out}: export failed ({err.strerror or err}); nothing was written, "
             "free space or choose another --out"
         ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        _owner_file(staging).unlink(missing_ok=True)
 
 
 def export_contexts(
@@ -566,7 +685,7 @@ def export_contexts(
     if not ws.has_table("contexts"):
         raise IcpError("no contexts yet; run `icp pack` (or `icp run`) first")
     plan = plan_export(ws, params, drop_last)
-    with staged_folder(out, overwrite) as staging:
+    with staged_folder(out, overwrite, keep=[ws.path]) as staging:
         counts: dict[str, Any] = {"n_contexts": plan.n_contexts}
         if fmt == "tokens":
             counts.update(_write_tokens(ws, plan, staging, report))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
@@ -10,6 +12,37 @@ from icp_core.errors import IcpError
 
 # greedy-edge max-TSP + local search: the best measured ordering (benchmarks/results/quality.md)
 DEFAULT_ORDER = "greedy-lk"
+
+# (field, lowest, highest) of the whole-number parameters. k: neighbour lists deeper than 1024
+# cost N * k rows and help no ordering; a 2**20-token context is beyond any LM's today; a
+# batch beyond 8192 texts only risks running out of memory.
+MAX_K = 1024
+MAX_CONTEXT_LENGTH = 2**20
+MAX_BATCH_SIZE = 8192
+MAX_SEED = 2**32 - 1
+_INT_BOUNDS = (
+    ("k", 1, MAX_K),
+    ("seed", 0, MAX_SEED),
+    ("context_length", 2, MAX_CONTEXT_LENGTH),
+    ("batch_size", 1, MAX_BATCH_SIZE),
+    ("max_tokens", 1, 2**20),  # then capped by the model's own limit
+)
+
+
+def _flag(name: str) -> str:
+    """The CLI option of a field: `context_length` -> `--context-length`."""
+    return "--" + name.replace("_", "-")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def choose(value: str, choices: Collection[str]) -> str:
+    """'choose one of a, b, c', with a 'did you mean' when `value` is close to one."""
+    close = difflib.get_close_matches(value, list(choices), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"{hint}choose one of {', '.join(choices)}"
 
 
 @dataclass(frozen=True)
@@ -46,30 +79,75 @@ class Params:
             raise IcpError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
         return replace(self, **changes)
 
-    def validate(self) -> Params:
+    def problems(self) -> dict[str, str]:
+        """Every invalid field, mapped to a one-line message that names its option and value
+        (empty when all are valid). Cheap: reads no model weights, only a model's config."""
         from icp_core.knn import INDEXES
         from icp_core.pack import PACK_MODES
         from icp_core.traverse import METHODS
 
-        if self.k < 1:
-            raise IcpError(f"--k {self.k}: k must be at least 1")
-        if self.index not in INDEXES:
-            raise IcpError(f"--index {self.index}: choose one of {', '.join(INDEXES)}")
-        if self.order not in METHODS:
-            raise IcpError(f"--order {self.order}: choose one of {', '.join(METHODS)}")
-        if self.pack not in PACK_MODES:
-            raise IcpError(f"--pack {self.pack}: choose one of {', '.join(PACK_MODES)}")
-        if self.context_length < 2:
-            raise IcpError(f"--context-length {self.context_length}: must be at least 2")
-        if self.dedup_threshold is not None and not 0 < self.dedup_threshold <= 1:
-            raise IcpError(
-                f"--dedup-threshold {self.dedup_threshold}: must lie in (0, 1]; "
+        found: dict[str, str] = {}
+        for name, low, high in _INT_BOUNDS:
+            value, what = getattr(self, name), name.replace("_", " ")
+            if value is None and name == "max_tokens":
+                continue
+            if not _is_int(value):
+                found[name] = f"{_flag(name)} {value!r}: {what} must be a whole number"
+            elif value < low:
+                found[name] = f"{_flag(name)} {value}: {what} must be at least {low}"
+            elif value > high:
+                found[name] = f"{_flag(name)} {value}: {what} must be at most {high}"
+        for name, choices in (("index", INDEXES), ("order", tuple(METHODS)), ("pack", PACK_MODES)):
+            value = getattr(self, name)
+            if value not in choices:
+                found[name] = f"{_flag(name)} {value}: {choose(str(value), choices)}"
+        threshold = self.dedup_threshold
+        if threshold is not None and (
+            not isinstance(threshold, int | float)
+            or isinstance(threshold, bool)
+            or not 0 < threshold <= 1  # also refuses NaN, whose comparisons are all false
+        ):
+            found["dedup_threshold"] = (
+                f"--dedup-threshold {threshold!r}: must lie in (0, 1]; "
                 "use --no-dedup to turn dedup off"
             )
-        if self.batch_size < 1:
-            raise IcpError(f"--batch-size {self.batch_size}: must be at least 1")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            raise IcpError(f"--max-tokens {self.max_tokens}: must be at least 1")
+        for name in ("text_field", "id_field", "label_field", "separator", "device"):
+            value = getattr(self, name)
+            if value is None and name not in ("text_field", "id_field", "device"):
+                continue
+            if not isinstance(value, str) or not value:
+                found[name] = f"{_flag(name)} {value!r}: must be a non-empty text"
+        if not isinstance(self.shuffle, bool):
+            found["shuffle"] = f"--shuffle {self.shuffle!r}: must be true or false"
+        if "max_tokens" not in found and self.max_tokens is not None and self.vectors is None:
+            from icp_core.embed import model_token_limit, resolve_model_path
+
+            limit = model_token_limit(resolve_model_path(self.model))
+            if limit is not None and self.max_tokens > limit:
+                found["max_tokens"] = (
+                    f"--max-tokens {self.max_tokens}: the model reads at most {limit} tokens; "
+                    f"pass --max-tokens {limit} or less"
+                )
+        return found
+
+    def validate(self, stored: Collection[str] = ()) -> Params:
+        """This object, when every field is valid.
+
+        Args:
+            stored: fields whose values came from the workspace's settings rather than from
+                the user; an invalid one (written by an older version) is reported as such,
+                with the option that replaces it.
+
+        Raises:
+            IcpError: the first invalid field, in one line naming its option.
+        """
+        for name, message in self.problems().items():
+            if name in stored:
+                raise IcpError(
+                    f"the workspace's stored setting {message}; pass {_flag(name)} with a valid "
+                    "value (to `icp run` or the stage command that takes it) to replace it"
+                )
+            raise IcpError(message)
         return self
 
     @classmethod

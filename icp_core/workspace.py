@@ -8,6 +8,7 @@ state intact).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -21,9 +22,55 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from icp_core.errors import IcpError
+from icp_core.errors import IcpError, NoSpace, WorkspaceBusy, WorkspaceDamaged
 
 FORMAT_VERSION = 1
+
+# DuckDB messages that mean the file cannot be read back (cut short, blocks whose checksums
+# fail, a write-ahead log that does not replay); matched on text as DuckDB raises them as
+# IOException or plain Error alike.
+_DAMAGE_MARKERS = (
+    "Corrupt database file",
+    "Could not read enough bytes",
+    "Failure while replaying WAL",
+    "Serialization Error",
+)
+_NO_SPACE_MARKERS = ("No space left on device", "File too large", "Disk quota exceeded")
+_NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def storage_error(
+    path: str | os.PathLike, err: BaseException, where: str = ""
+) -> IcpError | None:
+    """The one-line error for a failure to read or write the workspace at `path`, or None
+    when `err` is not one (a bug, or a problem of another file).
+
+    A damaged file gives `WorkspaceDamaged`, a full disk or a file size limit `NoSpace`
+    (also for an `OSError` of another file written meanwhile, which it then names);
+    `where` (e.g. "table documents") is put in front of DuckDB's reason.
+    """
+    message = str(err).strip()
+    reason = message.splitlines()[0] if message else type(err).__name__
+    if isinstance(err, OSError) and err.errno in _NO_SPACE_ERRNOS:
+        return NoSpace(
+            f"{err.filename or path}: no space to write ({err.strerror or reason}); "
+            "the unfinished stage was rolled back, free space and re-run"
+        )
+    if not isinstance(err, duckdb.Error):
+        return None
+    if where:
+        reason = f"{where}: {reason}"
+    if any(marker in message for marker in _DAMAGE_MARKERS):
+        return WorkspaceDamaged(
+            f"workspace {path} is damaged ({reason}); restore it from a copy or delete it "
+            "and re-run"
+        )
+    if any(marker in message for marker in _NO_SPACE_MARKERS):
+        return NoSpace(
+            f"workspace {path}: no space to write ({reason}); the unfinished stage was rolled "
+            "back, free space and re-run"
+        )
+    return None
 
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS workspace_info (key VARCHAR PRIMARY KEY, value VARCHAR)""",
@@ -57,6 +104,16 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
+def _has_duckdb_magic(path: Path) -> bool:
+    """Whether the file starts like a DuckDB database ("DUCK" at byte 8); checked before
+    connecting, since DuckDB would try to open e.g. a SQLite file through an extension."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(12)[8:12] == b"DUCK"
+    except OSError:
+        return True  # unreadable: let the connection report why
+
+
 class Workspace:
     """A DuckDB workspace file.
 
@@ -66,7 +123,10 @@ class Workspace:
         wait_s: how long to keep retrying while another process holds the write lock.
 
     Raises:
-        IcpError: the file is not a workspace, its folder is not writable, or it is locked.
+        IcpError: the file is not a workspace, or its folder is not writable.
+        WorkspaceBusy: another process holds the write lock (past `wait_s`).
+        WorkspaceDamaged: the file is cut short or its blocks fail their checksums.
+        NoSpace: the schema of a new workspace could not be written.
     """
 
     def __init__(self, path: str | os.PathLike, read_only: bool = False, wait_s: float = 0.0):
@@ -74,15 +134,27 @@ class Workspace:
         self.read_only = read_only
         self.con = self._connect(wait_s)
         self._in_transaction = False
-        if read_only:
-            self._check_format()
-        else:
-            self._create_schema()
+        try:
+            if read_only:
+                self._check_format()
+            else:
+                self._create_schema()
+        except BaseException as err:
+            self.con.close()
+            translated = storage_error(self.path, err)
+            if translated is None:
+                raise
+            raise translated from None
 
     def _connect(self, wait_s: float) -> duckdb.DuckDBPyConnection:
         if self.read_only and not self.path.exists():
             raise IcpError(
                 f"{self.path}: no such workspace; create it with `icp run` or `icp ingest`"
+            )
+        if self.path.is_dir():
+            raise IcpError(
+                f"{self.path}: a folder, not a workspace file; pass a file path such as "
+                f"{self.path / 'workspace.duckdb'} to --workspace"
             )
         if not self.read_only:
             folder = self.path.parent if str(self.path.parent) else Path(".")
@@ -93,17 +165,30 @@ class Workspace:
                     f"{self.path}: cannot create folder {folder} ({err.strerror}); "
                     "choose a writable --workspace path"
                 ) from None
+            # the mode bits too: root may write anything, but a file marked read-only is meant
+            # to stay as it is
             if not os.access(folder, os.W_OK) or (
-                self.path.exists() and not os.access(self.path, os.W_OK)
+                self.path.exists()
+                and (not os.access(self.path, os.W_OK) or not self.path.stat().st_mode & 0o222)
             ):
                 raise IcpError(
                     f"{self.path}: folder or file is not writable; "
                     "choose a writable --workspace path"
                 )
+        if self.path.exists() and not _has_duckdb_magic(self.path):
+            raise IcpError(
+                f"{self.path}: not a DuckDB workspace file; "
+                "pass a new path or an existing workspace to --workspace"
+            )
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                return duckdb.connect(str(self.path), read_only=self.read_only)
+                # never fetch extensions: a SQLite or other file must not trigger a download
+                return duckdb.connect(
+                    str(self.path),
+                    read_only=self.read_only,
+                    config={"autoinstall_known_extensions": False},
+                )
             except duckdb.Error as err:
                 message = str(err)
                 if "not a valid DuckDB database" in message or "Magic" in message:
@@ -111,12 +196,15 @@ class Workspace:
                         f"{self.path}: not a DuckDB workspace file; "
                         "pass a new path or an existing workspace to --workspace"
                     ) from None
+                damaged = storage_error(self.path, err)
+                if damaged is not None:
+                    raise damaged from None
                 if "lock" in message.lower():
                     if time.monotonic() < deadline:
                         time.sleep(0.25)
                         continue
                     holder = message.split("Conflicting lock is held in", 1)[-1].split("See")[0]
-                    raise IcpError(
+                    raise WorkspaceBusy(
                         f"{self.path}: workspace is busy, another process holds its write lock "
                         f"({holder.strip() or 'unknown'}); wait for it to finish or use --wait"
                     ) from None

@@ -127,6 +127,13 @@ def test_existing_output_needs_overwrite(tiny_workspace, tmp_path):
     export(tiny_workspace, tmp_path / "out", "parquet", overwrite=True)
     assert not (tmp_path / "out" / "data" / "stale.jsonl").exists()
     assert not list(tmp_path.glob(".out.partial-*"))
+    assert not list(tmp_path.glob(".out.old-*"))
+    # --overwrite replaces only an earlier export (tests/reliability/test_commands_hostile.py)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep.txt").write_text("mine")
+    with pytest.raises(IcpError, match="not an earlier export of this tool"):
+        export(tiny_workspace, tmp_path / "mine", "jsonl", overwrite=True)
+    assert (tmp_path / "mine" / "keep.txt").read_text() == "mine"
 
 
 def test_unknown_format(tiny_workspace, tmp_path):

@@ -33,8 +33,8 @@ def icp(*args, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
-def one_line_error(result: subprocess.CompletedProcess, fragment: str) -> None:
-    assert result.returncode == 2, result.stderr
+def one_line_error(result: subprocess.CompletedProcess, fragment: str, code: int = 2) -> None:
+    assert result.returncode == code, result.stderr
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error: ")]
     assert len(lines) == 1 and fragment in lines[0], result.stderr
     assert "Traceback" not in result.stderr
@@ -147,7 +147,7 @@ class TestWorkspaceFiles:
         )
         assert holder.stdout.readline().strip() == "holding"
         busy = icp("metrics", "-w", tiny_workspace)
-        one_line_error(busy, "workspace is busy, another process holds its write lock")
+        one_line_error(busy, "workspace is busy, another process holds its write lock", code=3)
         started = time.monotonic()
         waited = icp("metrics", "-w", tiny_workspace, "--json", "--wait", "30")
         assert waited.returncode == 0, waited.stderr
