@@ -2,9 +2,10 @@
 n-th time (default 1st) it reaches `point`. Unset (always, outside tests) it costs one dict lookup.
 `ICP_CRASH_SIGNAL=INT` (or TERM, ...) sends that signal instead, as Ctrl-C or a supervisor would.
 
-Points: embed.checkpoint (after a batch of vectors is committed), knn.commit, dedup.commit,
-order.commit, pack.commit (inside the stage's write transaction), export.staged (files written,
-not yet renamed into place).
+Two places call it, the two kinds of commit: `Workspace.transaction` just before COMMIT, with
+the point `<table>.commit` for every table the transaction wrote (embedding_cache.commit for a
+batch of vectors, neighbors, duplicates, ordering, contexts, metrics, ...), and the export's
+staged folder just before it is renamed into place (export.staged).
 """
 
 from __future__ import annotations

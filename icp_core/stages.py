@@ -21,7 +21,6 @@ import pyarrow as pa
 
 from icp_core import dedup, embed, knn, layout, metrics, pack, tokenizer, traverse
 from icp_core.errors import IcpError
-from icp_core.faults import crash_point
 from icp_core.ingest import (
     RAW_PREVIEW_CHARS,
     ParsedSource,
@@ -380,7 +379,6 @@ def _embed_missing(ws: Workspace, params: Params, key: str, report: Report) -> i
             report=lambda done, _t, s=start: report(s + done, total),
         )
         _append_cache(ws, key, hashes[start:stop], vectors)
-        crash_point("embed.checkpoint")
     return total
 
 
@@ -457,7 +455,6 @@ def run_knn(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     )
     with ws.transaction():
         ws.replace_table("neighbors", table)
-        crash_point("knn.commit")
     return {
         "documents": int(len(ids)),
         "k_max": k_max,
@@ -533,7 +530,6 @@ def run_dedup(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     )
     with ws.transaction():
         ws.replace_table("duplicates", table)
-        crash_point("dedup.commit")
     return {"duplicates": int(len(removed)), "groups": int(len(np.unique(kept_doc[removed])))}
 
 
@@ -602,7 +598,6 @@ def run_order(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     with ws.transaction():
         ws.replace_table("ordering", table)
         ws.replace_table("order_drops", drop_table)
-        crash_point("order.commit")
     jumps = int(is_jump.sum())
     return {
         "ordered": int(len(order)),
@@ -728,7 +723,6 @@ def run_pack(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     )
     with ws.transaction():
         ws.replace_table("contexts", table)
-        crash_point("pack.commit")
     fill = packing.context_tokens()
     return {
         "tokenizer": lm_tokenizer(params).info.name,  # said on every run: which LM's tokens

@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from icp_core.errors import IcpError, NoSpace, WorkspaceBusy, WorkspaceDamaged
+from icp_core.faults import crash_point
 
 FORMAT_VERSION = 1
 
@@ -134,6 +135,7 @@ class Workspace:
         self.read_only = read_only
         self.con = self._connect(wait_s)
         self._in_transaction = False
+        self._written: set[str] = set()  # tables written in the open transaction
         try:
             if read_only:
                 self._check_format()
@@ -264,8 +266,11 @@ class Workspace:
             return
         self.execute("BEGIN TRANSACTION")
         self._in_transaction = True
+        self._written = set()
         try:
             yield
+            for table in sorted(self._written):  # the one fault-injection point of the stages
+                crash_point(f"{table}.commit")
         except BaseException:
             self.execute("ROLLBACK")
             raise
@@ -325,17 +330,23 @@ class Workspace:
     def replace_table(self, name: str, table: pa.Table) -> None:
         """Replace table `name` with an Arrow table in one insert (callers wrap a transaction)."""
         view = f"_arrow_{name}"
+        self._note_write(name)
         self.con.register(view, table)
         try:
             self.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM "{view}"')
         finally:
             self.con.unregister(view)
 
+    def _note_write(self, name: str) -> None:
+        if self._in_transaction:
+            self._written.add(name)
+
     def append_table(self, name: str, table: pa.Table) -> None:
         """Append an Arrow table to an existing table whose columns it names."""
         if table.num_rows == 0:
             return
         view = f"_arrow_{name}"
+        self._note_write(name)
         columns = ", ".join(f'"{c}"' for c in table.column_names)
         self.con.register(view, table)
         try:

@@ -162,14 +162,14 @@ def test_two_commands_at_once(tiny_workspace):
 
 
 @pytest.mark.parametrize(
-    "command, point, signame",
+    "command, point, signame, stage",
     [
-        (["knn", "--k", "7", "--force"], "knn.commit", "TERM"),
-        (["pack", "--context-length", "100"], "pack.commit", "INT"),
-        (["order", "--order", "icp"], "order.commit", "TERM"),
+        (["knn", "--k", "7", "--force"], "neighbors.commit", "TERM", "knn"),
+        (["pack", "--context-length", "100"], "contexts.commit", "INT", "pack"),
+        (["order", "--order", "icp"], "ordering.commit", "TERM", "order"),
     ],
 )
-def test_signal_inside_a_stage_write(tiny_workspace, command, point, signame):
+def test_signal_inside_a_stage_write(tiny_workspace, command, point, signame, stage):
     before = settings_of(tiny_workspace)
     result = icp(
         *command, "-w", tiny_workspace, env={"ICP_CRASH_AT": point, "ICP_CRASH_SIGNAL": signame}
@@ -182,13 +182,15 @@ def test_signal_inside_a_stage_write(tiny_workspace, command, point, signame):
     assert settings_of(tiny_workspace) != before  # the new settings were saved ...
     rerun = icp(*command, "-w", tiny_workspace)
     assert rerun.returncode == 0, rerun.stderr  # ... and the re-run finishes the stage
-    assert f"{point.split('.')[0]:8s} ran" in rerun.stderr
+    assert f"{stage:8s} ran" in rerun.stderr
     assert_usable(tiny_workspace)
 
 
 def test_ctrl_c_while_embedding_keeps_finished_batches(tiny_workspace):
     args = ["embed", "-w", tiny_workspace, "--max-tokens", 128, "--batch-size", 1]
-    result = icp(*args, env={"ICP_CRASH_AT": "embed.checkpoint", "ICP_CRASH_SIGNAL": "INT"})
+    # the first batch of 16 commits, Ctrl-C comes as the second is about to
+    crash = {"ICP_CRASH_AT": "embedding_cache.commit:2", "ICP_CRASH_SIGNAL": "INT"}
+    result = icp(*args, env=crash)
     no_bug(result)
     assert result.returncode == ExitCode.INTERRUPTED
     rerun = icp(*args)

@@ -1,7 +1,8 @@
 """SIGKILL the CLI inside each stage's write, re-run, and get exactly the uninterrupted result.
 
 The kill comes from the ICP_CRASH_AT hook (icp_core/faults.py) so it lands at a known point:
-inside a stage's write transaction, or after an embedding checkpoint was committed.
+just before a stage's write transaction commits (`<table>.commit`), or before the commit of
+the third batch of vectors (`embedding_cache.commit:3`).
 """
 
 from __future__ import annotations
@@ -90,12 +91,21 @@ def uninterrupted(corpus, embedded, tmp_path_factory) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("point", ["knn.commit", "dedup.commit", "order.commit", "pack.commit"])
-def test_killed_inside_a_stage_write_then_rerun(corpus, embedded, uninterrupted, tmp_path, point):
+@pytest.mark.parametrize(
+    "point, stage",
+    [
+        ("neighbors.commit", "knn"),
+        ("duplicates.commit", "dedup"),
+        ("ordering.commit", "order"),
+        ("contexts.commit", "pack"),
+    ],
+)
+def test_killed_inside_a_stage_write_then_rerun(
+    corpus, embedded, uninterrupted, tmp_path, point, stage
+):
     ws = copy_of(embedded, tmp_path)
     killed = icp("run", corpus, "-w", ws, *RUN_ARGS, crash_at=point)
     assert killed.returncode == -signal.SIGKILL
-    stage = point.split(".")[0]
     with Workspace(ws, read_only=True) as opened:  # the killed write left no trace
         assert opened.stage_state(stage) is None
     rerun = icp("run", corpus, "-w", ws, *RUN_ARGS)
@@ -107,7 +117,8 @@ def test_killed_inside_a_stage_write_then_rerun(corpus, embedded, uninterrupted,
 @pytest.mark.slow
 def test_killed_while_embedding_keeps_finished_batches(corpus, uninterrupted, tmp_path):
     ws = tmp_path / "w.duckdb"
-    killed = icp("run", corpus, "-w", ws, *RUN_ARGS, crash_at="embed.checkpoint:2")
+    # killed as the third batch is about to commit: the first two are kept
+    killed = icp("run", corpus, "-w", ws, *RUN_ARGS, crash_at="embedding_cache.commit:3")
     assert killed.returncode == -signal.SIGKILL
     with Workspace(ws, read_only=True) as opened:
         assert opened.scalar("SELECT count(*) FROM embedding_cache") == 2 * BATCH * 16
