@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import state
+from app import data, state
 from icp_core.errors import IcpError
 from icp_core.export import FORMATS
 
@@ -35,7 +35,7 @@ st.caption(
 def _run_export(out: Path, overwrite: bool) -> dict | None:
     bar = st.progress(0.0, text="exporting…")
     try:
-        manifest = state.export(
+        manifest = data.export(
             ws,
             out,
             fmt,

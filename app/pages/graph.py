@@ -2,7 +2,7 @@
 
 import streamlit as st
 
-from app import charts, state
+from app import charts, data, state
 
 ws = state.page_setup()
 st.title("Neighbour graph")
@@ -25,7 +25,7 @@ query = controls[0].text_input(
 )
 hops = controls[1].radio("Hops", [1, 2], horizontal=True, key="graph_hops")
 if query:
-    matches = state.find_documents(ws, query)
+    matches = data.find_documents(ws, query)
     if matches.empty:
         st.warning(f"No document matches {query!r}.")
         st.stop()
@@ -38,8 +38,8 @@ if query:
 else:
     doc = st.session_state.get("focus_doc", 0)
 doc = int(doc)
-hood = state.neighborhood(ws, doc, hops)
-nodes = state.annotate(ws, hood.nodes)
+hood = data.neighborhood(ws, doc, hops)
+nodes = data.annotate(ws, hood.nodes)
 center = nodes.set_index("doc").loc[doc]
 st.text(
     f"{center['id']}  ·  {center['label'] or '-'}  ·  {center['status']}  ·  "
@@ -71,7 +71,7 @@ touching["direction"] = [
     ("before it" if t == doc else "after it") if p else ""
     for t, p in zip(touching["target"], touching["path"], strict=True)
 ]
-table = state.annotate(ws, touching[["doc", "sim", "knn", "direction", "jump"]])
+table = data.annotate(ws, touching[["doc", "sim", "knn", "direction", "jump"]])
 table["same context"] = table["context"] == center["context"]
 st.subheader("Its neighbours")
 st.dataframe(
@@ -89,4 +89,4 @@ st.dataframe(
     },
 )
 with st.expander("Full text of the chosen document"):
-    st.code(state.document_text(ws, doc), language=None, wrap_lines=True, height=360)
+    st.code(data.document_text(ws, doc), language=None, wrap_lines=True, height=360)

@@ -2,14 +2,14 @@
 
 import streamlit as st
 
-from app import charts, state
+from app import charts, data, progress, state
 
 # scattergl draws this many points smoothly in a browser; above it the map draws a sample
 MAP_MAX_POINTS = 60_000
 
 ws = state.page_setup()
 st.title("Map")
-coords = state.layout(ws)
+coords = data.layout(ws)
 if coords is None:
     st.info(
         "No map for the current kNN lists yet. It is computed once per embedding set and "
@@ -17,7 +17,7 @@ if coords is None:
         "here) and reused for every k, ordering and packing."
     )
     if st.button("Compute the map", type="primary"):
-        state.start_job(
+        progress.start_job(
             {
                 "workspace": str(ws.path),
                 "params": ws.params.to_dict(),
@@ -28,7 +28,7 @@ if coords is None:
         st.rerun()
     st.stop()
 
-points = state.annotate(ws, coords)
+points = data.annotate(ws, coords)
 controls = st.columns([2, 3])
 color_by = controls[0].radio(
     "Colour by",
@@ -37,7 +37,7 @@ color_by = controls[0].radio(
     key="map_color",
     format_func={"label": "label", "context": "context", "status": "duplicate status"}.get,
 )
-contexts = state.contexts(ws)
+contexts = data.contexts(ws)
 path_context = controls[1].selectbox(
     "Draw a context's path",
     [None] + contexts["context"].tolist(),
@@ -53,7 +53,7 @@ if len(points) > MAP_MAX_POINTS:
     )
 path = None
 if path_context is not None:
-    path = state.context_documents(ws, path_context).merge(coords, on="doc")
+    path = data.context_documents(ws, path_context).merge(coords, on="doc")
 fig = charts.document_map(drawn, color_by, path)
 event = st.plotly_chart(
     fig,
@@ -66,7 +66,7 @@ st.caption(
     "Lasso or box-select points (or click one) to list those documents. Numbers on a path "
     "are the documents' places in the context; arrows point in reading order, ★ is the "
     "first, dashed red steps are jumps; the map zooms to the path (double-click to see all). "
-    + state.help_text("map")
+    + data.help_text("map")
 )
 
 selected = (
@@ -96,4 +96,4 @@ if selected:
         format_func=lambda d: str(rows.set_index("doc").at[d, "id"]),
     )
     st.session_state["focus_doc"] = int(doc)
-    st.code(state.document_text(ws, doc), language=None, wrap_lines=True, height=300)
+    st.code(data.document_text(ws, doc), language=None, wrap_lines=True, height=300)

@@ -2,12 +2,12 @@
 
 import streamlit as st
 
-from app import charts, state
+from app import charts, data, state
 from icp_core import explore
 
 ws = state.page_setup()
 st.title("Overview")
-result = state.latest_metrics(ws)
+result = data.latest_metrics(ws)
 random = result["random"]
 
 tiles = list(charts.METRIC_NAMES.items())
@@ -36,14 +36,14 @@ if result["label_field"] is None:
 left, right = st.columns([3, 2])
 with left:
     st.subheader("Adjacent similarity: current vs random packing")
-    sims = state.adjacent_similarities(ws)
+    sims = data.adjacent_similarities(ws)
     st.plotly_chart(
         charts.similarity_histogram(sims["current"], sims["random"], ws.params.order),
         key="similarity_histogram",
     )
 with right:
     st.subheader("Against random and other methods")
-    table = explore.compare_runs(result, state.metrics_history(ws))
+    table = explore.compare_runs(result, data.metrics_history(ws))
     table.index = [charts.METRIC_NAMES[key][0] for key in table.index]
     st.dataframe(table.style.format("{:.3f}", na_rep="–"), width="stretch")
     st.caption(
@@ -53,16 +53,16 @@ with right:
 
 st.subheader("Contexts: fill and size")
 st.plotly_chart(
-    charts.fill_histograms(state.contexts(ws), ws.params.context_length), key="fill_histograms"
+    charts.fill_histograms(data.contexts(ws), ws.params.context_length), key="fill_histograms"
 )
 
 with st.expander("What these numbers mean"):
-    st.markdown(state.help_text("metrics"))
+    st.markdown(data.help_text("metrics"))
 with st.expander(f"Removed documents ({result['n_duplicates']:,})"):
-    st.dataframe(state.removed(ws), hide_index=True, width="stretch")
+    st.dataframe(data.removed(ws), hide_index=True, width="stretch")
 with st.expander(f"Rejected input rows ({result['n_rejected']:,})"):
-    st.dataframe(state.rejects(ws), hide_index=True, width="stretch")
+    st.dataframe(data.rejects(ws), hide_index=True, width="stretch")
 with st.expander("Every parameter set computed so far"):
-    st.dataframe(state.metrics_history(ws), hide_index=True, width="stretch")
+    st.dataframe(data.metrics_history(ws), hide_index=True, width="stretch")
 with st.expander("Stage runs (newest first)"):
-    st.dataframe(state.stage_runs(ws), hide_index=True, width="stretch")
+    st.dataframe(data.stage_runs(ws), hide_index=True, width="stretch")

@@ -24,6 +24,10 @@ def open_app(workspace: Path | None = None, page: str | None = None) -> AppTest:
     return at
 
 
+def apply_button(at: AppTest):
+    return next(b for b in at.button if b.label == "Apply")
+
+
 def shown_metrics(at: AppTest) -> dict[str, str]:
     return {metric.label: metric.value for metric in at.metric}
 
@@ -70,9 +74,17 @@ def test_applying_k_and_method_updates_the_metrics(sample_copy):
     at = open_app(sample_copy)
     before = shown_metrics(at)
     assert at.number_input(key="k").value == 10
+    assert apply_button(at).disabled  # nothing to apply yet
     at.number_input(key="k").set_value(5)
     at.selectbox(key="order").select("random")
-    next(b for b in at.button if b.label == "Apply").click()
+    at.run()
+    # the edit is marked, with what it re-runs; the header still shows the applied values
+    marker = " ".join(w.value for w in at.sidebar.warning)
+    assert "Not applied yet" in marker and "k: 10 → **5**" in marker, marker
+    assert "re-runs dedup, order, pack, metrics, about" in marker, marker
+    assert "k = 10 · order" in at.caption[0].value
+    assert "2 edits in the sidebar not applied" in at.caption[0].value
+    apply_button(at).click()
     at.run()
     assert not at.exception, at.exception
     params, stored = stored_metrics(sample_copy)
@@ -91,7 +103,9 @@ def test_applying_k_and_method_updates_the_metrics(sample_copy):
 
     at.number_input(key="k").set_value(20)
     at.selectbox(key="order").select("icp")
-    next(b for b in at.button if b.label == "Apply").click()
+    at.run()
+    assert not at.sidebar.warning[0].value.count("kNN search")  # 20 <= the 32 stored
+    apply_button(at).click()
     at.run()
     _, stored = stored_metrics(sample_copy)
     assert shown_metrics(at)["Adjacent similarity"] == f"{stored['adjacent_sim_mean']:.3f}"
@@ -100,8 +114,8 @@ def test_applying_k_and_method_updates_the_metrics(sample_copy):
 
 def test_invalid_tokenizer_is_refused_without_running(sample_copy):
     at = open_app(sample_copy)
-    at.text_input(key="tokenizer").input("/no/such/tokenizer.json")
-    next(b for b in at.button if b.label == "Apply").click()
+    at.text_input(key="tokenizer").input("/no/such/tokenizer.json").run()
+    apply_button(at).click()
     at.run()
     assert not at.exception
     assert any("/no/such/tokenizer.json" in e.value for e in at.sidebar.error)
@@ -155,3 +169,14 @@ def test_a_missing_workspace_is_a_clear_error(tmp_path):
     at = open_app(tmp_path / "nowhere.duckdb")
     assert not at.exception
     assert "no such workspace" in at.error[0].value
+
+
+def test_k_above_the_stored_depth_warns_of_a_new_search_and_map(sample_workspace):
+    at = open_app(sample_workspace)
+    at.number_input(key="k").set_value(40).run()
+    marker = at.sidebar.warning[0].value
+    assert "a new kNN search (k above the 32 stored) and map" in marker, marker
+    assert "re-runs knn, dedup, order, pack, metrics, layout" in marker, marker
+    next(b for b in at.button if b.label == "Undo edits").click().run()
+    assert at.number_input(key="k").value == 10
+    assert not at.sidebar.warning
