@@ -53,13 +53,17 @@ def hover_text(frame: pd.DataFrame) -> list[str]:
     ]
 
 
-def similarity_histogram(current: np.ndarray, random: np.ndarray, method: str) -> go.Figure:
-    """Overlaid histograms (share of pairs) of adjacent-document similarity, with the means."""
+def similarity_histogram(
+    current: np.ndarray, random: np.ndarray, method: str, names: tuple[str, str] | None = None
+) -> go.Figure:
+    """Overlaid histograms (share of pairs) of adjacent-document similarity, with the means;
+    `names` labels the two (default: the current method and random packing)."""
     fig = go.Figure()
     bins = dict(start=-0.2, end=1.0, size=0.025)
+    first, second = names or (f"{method} (current)", "random packing")
     for name, values, color in (
-        (f"{method} (current)", current, CURRENT_COLOR),
-        ("random packing", random, RANDOM_COLOR),
+        (first, current, CURRENT_COLOR),
+        (second, random, RANDOM_COLOR),
     ):
         fig.add_trace(
             go.Histogram(

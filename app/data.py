@@ -249,3 +249,18 @@ def rejects_at(path: Path) -> pd.DataFrame | None:
             return explore.reject_frame(ws)
     except IcpError:
         return None
+
+
+@st.cache_data(max_entries=8, show_spinner="Packing both settings…")
+def _compare(path: str, key: str, params: Params, other_name: str, other: Params) -> list:
+    with _reader(path) as ws:
+        return explore.compare_settings(ws, params, {other_name: other})
+
+
+def compare(ws: WorkspaceView, name: str, other: Params) -> list[explore.Setting]:
+    """[current, other]: the stored contexts and `other` computed in memory, both measured."""
+    return _compare(str(ws.path), ws.key("pack", "metrics"), ws.params, name, other)
+
+
+def comparable(ws: WorkspaceView, other: Params) -> str | None:
+    return _read_view("comparable", str(ws.path), ws.key("knn", "pack"), ws.params, other)

@@ -27,6 +27,7 @@ PAGES: tuple[PageSpec, ...] = (
     PageSpec("pages/contexts.py", "Contexts", ":material/view_list:"),
     PageSpec("pages/map.py", "Map", ":material/scatter_plot:"),
     PageSpec("pages/graph.py", "Neighbour graph", ":material/hub:"),
+    PageSpec("pages/compare.py", "Compare", ":material/compare_arrows:"),
     PageSpec("pages/export.py", "Export", ":material/download:"),
 )
 

@@ -180,3 +180,14 @@ def test_k_above_the_stored_depth_warns_of_a_new_search_and_map(sample_workspace
     next(b for b in at.button if b.label == "Undo edits").click().run()
     assert at.number_input(key="k").value == 10
     assert not at.sidebar.warning
+
+
+def test_compare_puts_another_method_next_to_the_applied_one(sample_workspace):
+    at = open_app(sample_workspace, "pages/compare.py")
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table.columns[:2]) == ["metric", "applied"] and "random packing" in table
+    at.selectbox(key="compare_order").select("random").run()
+    assert not at.exception, at.exception
+    assert "random · k = 10" in at.dataframe[0].value.columns[2]
+    assert len(at.dataframe) == 3  # metrics, and the chosen document's context on each side
