@@ -18,7 +18,7 @@ UPLOAD_LIMIT_MB = 50
 PARAM_KEYS = ("k", "order", "dedup", "dedup_threshold", "context_length", "pack", "tokenizer")
 # the controls that stand for the command line's options in messages the engine writes
 CONTROLS = {
-    "--overwrite": "tick “Replace an existing folder” on the Export page",
+    "--overwrite": "tick “Replace the folder if it exists” below the Output folder",
     "--tokenizer": "set the Tokenizer box in the sidebar (Parameters)",
     "--text-field": "set “Text field” in the sidebar's Data panel and upload again",
     "--id-field": "set “Id field” in the sidebar's Data panel and upload again",

@@ -90,7 +90,9 @@ def _follow_upload() -> None:
         st.rerun()
     st.session_state.setdefault("seen_failures", set()).add(status.get("started_at"))
     st.session_state["upload_failure"] = {
-        "error": sidebar.in_app_words(str(status.get("error") or "stopped")),
+        "error": sidebar.in_app_words(
+            str(status.get("error") or "stopped").replace(f"{target}: ", "")
+        ),
         "rejects": data.rejects_at(target) if target.exists() else None,
         "name": target.name,
     }
