@@ -175,10 +175,13 @@ def document_text(ws: WorkspaceView, doc: int) -> str:
     return _read_view("document_text", str(ws.path), ws.key("ingest"), int(doc))
 
 
-def neighborhood(ws: WorkspaceView, doc: int, hops: int) -> explore.Neighborhood:
+def neighborhood(
+    ws: WorkspaceView, doc: int, hops: int, fanout: int | None = None
+) -> explore.Neighborhood:
     return _read_view(
-        "neighborhood", str(ws.path), ws.key("knn", "order"), int(doc), ws.params.k, int(hops)
-    )
+        "neighborhood", str(ws.path), ws.key("knn", "order"), int(doc), ws.params.k, int(hops),
+        2, fanout,
+    )  # fmt: skip
 
 
 def removed(ws: WorkspaceView) -> pd.DataFrame:
@@ -264,3 +267,18 @@ def compare(ws: WorkspaceView, name: str, other: Params) -> list[explore.Setting
 
 def comparable(ws: WorkspaceView, other: Params) -> str | None:
     return _read_view("comparable", str(ws.path), ws.key("knn", "pack"), ws.params, other)
+
+
+@st.cache_data(max_entries=4, show_spinner="Ordering, packing and measuring every combination…")
+def _evaluation(path: str, key: str, params: Params) -> dict[str, Any]:
+    from icp_core import evaluate
+
+    with _reader(path) as ws:
+        corpus = evaluate.load_corpus(ws, params)
+    return evaluate.evaluate(corpus)
+
+
+def evaluation(ws: WorkspaceView) -> dict[str, Any]:
+    """What `icp eval` computes on this workspace: every ordering method × pack policy at the
+    applied k and context length, with the upper bounds on adjacent similarity."""
+    return _evaluation(str(ws.path), ws.key("dedup", "pack"), ws.params)

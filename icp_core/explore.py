@@ -302,9 +302,10 @@ class Neighborhood:
 
 
 def neighborhood(
-    ws: Workspace, doc: int, k: int, hops: int = 1, path_steps: int = 2
+    ws: Workspace, doc: int, k: int, hops: int = 1, path_steps: int = 2, fanout: int | None = None
 ) -> Neighborhood:
-    """The chosen document, its kNN neighbours (k per document, `hops` = 1 or 2) and its
+    """The chosen document, its kNN neighbours (k per document, `hops` = 1 or 2; beyond the
+    first hop only each neighbour's `fanout` strongest, when given) and its
     `path_steps` predecessors and successors in the ordering, with every kNN edge and path step
     among them, laid out by networkx (Kamada-Kawai, edge length 1 - similarity).
 
@@ -317,7 +318,7 @@ def neighborhood(
     if not 0 <= doc < n_docs:
         raise IcpError(f"no document {doc}: choose 0..{n_docs - 1}")
     if not (ws.has_table("neighbors") and ws.has_table("ordering")):
-        raise IcpError("no kNN lists or ordering yet; run `icp run` first")
+        raise IcpError("no kNN lists or ordering yet; apply the parameters first")
     ids, sims = stages.read_neighbors(ws, k)
     hop = {doc: 0}
     frontier = [doc]
@@ -325,7 +326,10 @@ def neighborhood(
     for depth in range(1, hops + 1):
         reached = []
         for node in frontier:
-            for other in ids[node][ids[node] >= 0].tolist():
+            row = ids[node][ids[node] >= 0]
+            if depth > 1 and fanout is not None:
+                row = row[:fanout]  # lists are sorted by similarity, strongest first
+            for other in row.tolist():
                 if other in hop:
                     continue
                 if len(hop) >= NEIGHBORHOOD_MAX_NODES:

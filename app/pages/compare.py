@@ -133,3 +133,29 @@ for column, frame, title in ((columns[0], left, here), (columns[1], right, name)
         _side(frame), hide_index=True, width="stretch", height=min(38 + 35 * len(frame), 500),
         column_config={"first line": st.column_config.TextColumn(width="medium")},
     )  # fmt: skip
+
+st.subheader("Every method × pack policy")
+st.caption(
+    f"What the command line's evaluation computes: each ordering method with each pack "
+    f"policy at k = {p.k} and L = {p.context_length:,}, with the upper bounds on adjacent "
+    "similarity (about a minute on 2 cores; kept until the data changes)."
+)
+if st.session_state.get("compare_eval") or st.button("Compute every combination"):
+    st.session_state["compare_eval"] = True
+    result = data.evaluation(ws)
+    bounds = result["bounds"]
+    rows = pd.DataFrame(result["rows"])
+    first = [c for c in ("order", "pack") if c in rows.columns]
+    st.dataframe(
+        rows[first + [c for c in rows.columns if c not in first]],
+        hide_index=True,
+        width="stretch",
+        column_config={name: st.column_config.Column(pinned=True) for name in first},
+    )
+    top1, matching = bounds.get("top1_bound"), bounds.get("two_matching_bound")
+    st.caption(
+        "Upper bounds on adjacent similarity: top-1 "
+        + ("–" if top1 is None else f"{top1:.3f}")
+        + ", 2-matching "
+        + ("–" if matching is None else f"{matching:.3f}")
+    )

@@ -70,9 +70,9 @@ row = by_context.loc[context]
 mean_sim = "–" if row["mean_sim"] != row["mean_sim"] else f"{row['mean_sim']:.3f}"
 st.subheader(f"Context {context}")
 st.markdown(
-    f"{int(row['n_docs'])} documents · {int(row['tokens']):,} tokens "
+    f"{state.plural(int(row['n_docs']), 'document')} · {int(row['tokens']):,} tokens "
     f"({row['fill']:.0%} of {ws.params.context_length:,}) · mean similarity to the previous "
-    f"document {mean_sim} · {int(row['jumps'])} jumps · k = {ws.params.k}, "
+    f"document {mean_sim} · {state.plural(int(row['jumps']), 'jump')} · k = {ws.params.k}, "
     f"order = {ws.params.order}"
 )
 pieces = data.context_documents(ws, context)

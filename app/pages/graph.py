@@ -4,6 +4,8 @@ import streamlit as st
 
 from app import charts, data, state
 
+GRAPH_FANOUT = 3
+
 ws = state.page_setup()
 st.title("Neighbour graph")
 
@@ -38,7 +40,9 @@ if query:
 else:
     doc = st.session_state.get("focus_doc", 0)
 doc = int(doc)
-hood = data.neighborhood(ws, doc, hops)
+# the second hop shows each neighbour's strongest few; "Show more" widens it
+fanout = st.session_state.setdefault("graph_fanout", GRAPH_FANOUT)
+hood = data.neighborhood(ws, doc, hops, fanout if hops > 1 else None)
 nodes = data.annotate(ws, hood.nodes)
 center = nodes.set_index("doc").loc[doc]
 st.text(
@@ -49,8 +53,15 @@ st.text(
         else "not in any context"
     )
 )
-if hood.truncated:
-    st.info(f"The 2-hop neighbourhood is cut at {len(nodes)} documents to stay readable.")
+if hops > 1:
+    more, note = st.columns([1, 4])
+    if fanout < ws.params.k and more.button("Show more", key="graph_more"):
+        st.session_state["graph_fanout"] = min(ws.params.k, fanout + GRAPH_FANOUT)
+        st.rerun()
+    note.caption(
+        f"Second hop: each neighbour's {min(fanout, ws.params.k)} strongest of {ws.params.k} "
+        f"({len(nodes)} documents)" + ("; cut to stay readable." if hood.truncated else ".")
+    )
 st.plotly_chart(
     charts.neighborhood_figure(nodes, hood.edges, doc),
     key="neighborhood",

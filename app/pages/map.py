@@ -11,22 +11,23 @@ ws = state.page_setup()
 st.title("Map")
 coords = data.layout(ws)
 if coords is None:
+    # computed in the background as soon as it is missing; this page follows its progress
+    seconds = data.stage_seconds(ws).get("layout", 30.0)
     st.info(
-        "No map for the current kNN lists yet. It is computed once per embedding set and "
-        f"neighbour search (UMAP over the stored graph; about {max(10, ws.n_documents // 200)} s "
-        "here) and reused for every k, ordering and packing."
+        "Computing the map for the current neighbour lists (UMAP over the stored graph, "
+        f"about {seconds:.0f} s here). It is reused for every k up to the stored depth, "
+        "ordering and packing."
     )
-    if st.button("Compute the map", type="primary"):
-        progress.start_job(
-            {
-                "workspace": str(ws.path),
-                "params": ws.params.to_dict(),
-                "until": "layout",
-                "description": "Computing the map (UMAP over the stored kNN graph)",
-            }
-        )
-        st.rerun()
-    st.stop()
+    progress.start_job(
+        {
+            "workspace": str(ws.path),
+            "params": ws.params.to_dict(),
+            "until": "layout",
+            "description": "Computing the map (UMAP over the stored kNN graph)",
+        },
+        {"layout": seconds},
+    )
+    progress.follow_job(ws.path)
 
 points = data.annotate(ws, coords)
 controls = st.columns([2, 3])
@@ -44,6 +45,17 @@ path_context = controls[1].selectbox(
     key="map_context",
     format_func=lambda c: "none" if c is None else f"context {c}",
 )
+highlight = None
+if color_by == "context":
+    default = [path_context] if path_context is not None else contexts["context"].head(3).tolist()
+    highlight = st.multiselect(
+        "Contexts in colour (the rest grey)",
+        contexts["context"].tolist(),
+        default=default,
+        key="map_highlight",
+        format_func=lambda c: f"context {c}",
+        max_selections=len(charts.PALETTE),
+    )
 drawn = points
 if len(points) > MAP_MAX_POINTS:
     drawn = points.sample(MAP_MAX_POINTS, random_state=0)
@@ -54,7 +66,7 @@ if len(points) > MAP_MAX_POINTS:
 path = None
 if path_context is not None:
     path = data.context_documents(ws, path_context).merge(coords, on="doc")
-fig = charts.document_map(drawn, color_by, path)
+fig = charts.document_map(drawn, color_by, path, highlight)
 event = st.plotly_chart(
     fig,
     key="map_selection",
@@ -64,9 +76,9 @@ event = st.plotly_chart(
 )
 st.caption(
     "Lasso or box-select points (or click one) to list those documents. Numbers on a path "
-    "are the documents' places in the context; arrows point in reading order, ★ is the "
-    "first, dashed red steps are jumps; the map zooms to the path (double-click to see all). "
-    + data.help_text("map")
+    "are the documents' places in the context (at most 30 shown); arrows point in reading "
+    "order, ★ is the first, dashed red steps are jumps; the map zooms to the path "
+    "(double-click to see all). " + data.help_text("map")
 )
 
 selected = (

@@ -143,10 +143,17 @@ def page(browser, server):
 def settle(page, title: str) -> None:
     """Wait until the page shows `title` and its script run has finished (charts drawn)."""
     page.get_by_role("heading", name=title, exact=True).wait_for(timeout=90_000)
+    # Streamlit marks the app root with its script's state: wait for the run to finish
     page.wait_for_selector(
-        "[data-testid=stStatusWidgetRunningIcon]", state="detached", timeout=90_000
+        "[data-testid=stApp][data-test-script-state=notRunning]", timeout=120_000
     )
     page.wait_for_selector("[data-stale=true]", state="detached", timeout=30_000)
+    # every chart on the page drawn by plotly
+    page.wait_for_function(
+        """() => [...document.querySelectorAll('[data-testid=stPlotlyChart]')]
+                 .every(chart => chart.querySelector('.js-plotly-plot .main-svg'))""",
+        timeout=60_000,
+    )
 
 
 def shoot(page, name: str) -> None:
