@@ -19,7 +19,7 @@ PARAM_KEYS = ("k", "order", "dedup", "dedup_threshold", "context_length", "pack"
 # the controls that stand for the command line's options in messages the engine writes
 CONTROLS = {
     "--overwrite": "tick “Replace the folder if it exists” below the Output folder",
-    "--tokenizer": "set the Tokenizer box in the sidebar (Parameters)",
+    "--tokenizer": "set the Tokenizer box in the sidebar's Parameters",
     "--text-field": "set “Text field” in the sidebar's Data panel and upload again",
     "--id-field": "set “Id field” in the sidebar's Data panel and upload again",
     "--separator": "choose another Tokenizer in the sidebar",
@@ -36,7 +36,12 @@ def in_app_words(message: str) -> str:
     def control(match: re.Match) -> str:
         return CONTROLS.get(match.group(1), match.group(0))
 
-    return re.sub(r"pass (--[a-z-]+)(?: [^;.)]*)?", control, message)
+    advice = r"(?:pass|set|use) (--[a-z-]+)"
+    message = re.sub(rf"\({advice}[^)]*\)", lambda m: f"({control(m)})", message)
+    message = re.sub(rf"{advice}[^;]*?(?=;|\.\s|\.$|$)", control, message)
+    # an upload's stored copy is named <hash>-<name>: the user knows it by its name
+    message = re.sub(r"\S*/uploads/[0-9a-f]{12}-(\S+)", r"\1", message)
+    return message.replace("see the rejects table", "the rejected rows are listed below")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -160,24 +165,8 @@ def parameters_panel(ws: data.WorkspaceView) -> None:
     _sync_parameter_widgets(ws)
     box = st.sidebar.container(border=True)
     box.markdown("**Parameters**")
-    box.number_input("k (neighbours per document)", 1, 200, step=1, key="k")
-    box.selectbox("Ordering method", list(METHODS), key="order")
-    box.checkbox("Remove near-duplicates", key="dedup")
-    box.number_input(
-        "Dedup threshold (cosine ≥)", 0.5, 1.0, step=0.01, format="%.2f", key="dedup_threshold",
-        disabled=not st.session_state.get("dedup"),
-    )  # fmt: skip
-    box.number_input("Context length (tokens)", 32, 1_048_576, step=256, key="context_length")
-    box.selectbox("Pack policy", list(pack.PACK_MODES), key="pack")
-    box.text_input(
-        "Tokenizer",
-        key="tokenizer",
-        placeholder=tokenizer.DEFAULT_TOKENIZER,
-        help="Your LM's tokenizer: a built-in name ("
-        + ", ".join(tokenizer.BUILTINS)
-        + "), or the path of a tokenizer.json, SentencePiece .model or .tiktoken file; "
-        f"empty: {tokenizer.DEFAULT_TOKENIZER}.",
-    )
+    # the widgets' values are in session_state before they are drawn: the marker and Apply
+    # go first, where a laptop screen shows them
     edited = edited_params(ws)
     changed = changes(ws.params, edited)
     stages: dict[str, float] = {}
@@ -197,6 +186,24 @@ def parameters_panel(ws: data.WorkspaceView) -> None:
         "Undo edits", width="stretch", disabled=not changed,
         on_click=_reset_widgets, args=(ws.params,),
     )  # fmt: skip
+    box.number_input("k (neighbours per document)", 1, 200, step=1, key="k")
+    box.selectbox("Ordering method", list(METHODS), key="order")
+    box.checkbox("Remove near-duplicates", key="dedup")
+    box.number_input(
+        "Dedup threshold (cosine ≥)", 0.5, 1.0, step=0.01, format="%.2f", key="dedup_threshold",
+        disabled=not st.session_state.get("dedup"),
+    )  # fmt: skip
+    box.number_input("Context length (tokens)", 32, 1_048_576, step=256, key="context_length")
+    box.selectbox("Pack policy", list(pack.PACK_MODES), key="pack")
+    box.text_input(
+        "Tokenizer",
+        key="tokenizer",
+        placeholder=tokenizer.DEFAULT_TOKENIZER,
+        help="Your LM's tokenizer: a built-in name ("
+        + ", ".join(tokenizer.BUILTINS)
+        + "), or the path of a tokenizer.json, SentencePiece .model or .tiktoken file; "
+        f"empty: {tokenizer.DEFAULT_TOKENIZER}.",
+    )
     with st.sidebar.expander("About the parameters"):
         st.markdown(data.help_text("parameters"))
     if applied:

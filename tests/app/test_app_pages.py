@@ -191,3 +191,16 @@ def test_compare_puts_another_method_next_to_the_applied_one(sample_workspace):
     assert not at.exception, at.exception
     assert "random · k = 10" in at.dataframe[0].value.columns[2]
     assert len(at.dataframe) == 3  # metrics, and the chosen document's context on each side
+
+
+def test_two_hops_show_the_strongest_neighbours_and_more_on_request(sample_workspace):
+    at = open_app(sample_workspace, "pages/graph.py")
+    at.radio(key="graph_hops").set_value(2).run()
+    assert not at.exception, at.exception
+    shown = next(c.value for c in at.caption if c.value.startswith("Second hop"))
+    assert "each neighbour's 3 strongest of 10" in shown, shown
+    few = int(shown.split("(")[1].split()[0])
+    assert few <= 1 + 10 + 10 * 3 + 4  # the document, its k, 3 each, the path around it
+    next(b for b in at.button if b.label == "Show more").click().run()
+    shown = next(c.value for c in at.caption if c.value.startswith("Second hop"))
+    assert "6 strongest" in shown and int(shown.split("(")[1].split()[0]) > few

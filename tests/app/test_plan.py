@@ -60,3 +60,20 @@ def test_ended_workers_are_reaped(tmp_path):
         time.sleep(0.05)
     assert not os.path.exists(f"/proc/{spare.pid}")
     assert runner._spare is None
+
+
+def test_engine_advice_names_the_app_control_not_a_flag():
+    from app.sidebar import in_app_words
+
+    message = in_app_words(
+        "no documents: all 3 rows of /c/uploads/54070ba3c49e-notes.jsonl were rejected: "
+        "3 × missing text field 'text' (set --text-field); see the rejects table"
+    )
+    assert "--" not in message and "notes.jsonl" in message and "/c/uploads" not in message
+    assert "(set “Text field” in the sidebar's Data panel and upload again)" in message
+    assert in_app_words("/o: already exists; pass --overwrite to replace it") == (
+        "/o: already exists; tick “Replace the folder if it exists” below the Output folder"
+    )
+    assert in_app_words("'x' not found; pass --tokenizer with a tokenizer.json (or a name)") == (
+        "'x' not found; set the Tokenizer box in the sidebar's Parameters"
+    )
