@@ -30,8 +30,8 @@ STAGE_WORDS = {
 STEPS = ("starting", "open", *pipeline.STAGE_NAMES)
 # seconds a worker takes to load its libraries and compiled kernels (a warm spare: ~0)
 WORKER_START_S = 3.0
-# after the first page has drawn: on 2 cores its imports would slow that drawing
-SPARE_DELAY_S = 8.0
+# after the first page has drawn (about 10 s on 2 busy cores): its imports would slow it
+SPARE_DELAY_S = 15.0
 
 
 @st.cache_resource

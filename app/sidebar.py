@@ -40,7 +40,7 @@ def in_app_words(message: str) -> str:
     message = re.sub(rf"\({advice}[^)]*\)", lambda m: f"({control(m)})", message)
     message = re.sub(rf"{advice}[^;]*?(?=;|\.\s|\.$|$)", control, message)
     # an upload's stored copy is named <hash>-<name>: the user knows it by its name
-    message = re.sub(r"\S*/uploads/[0-9a-f]{12}-(\S+)", r"\1", message)
+    message = re.sub(r"\S*/uploads/[0-9a-f]{12}-([^\s/]+)", r"\1", message)
     return message.replace("see the rejects table", "the rejected rows are listed below")
 
 
@@ -183,7 +183,7 @@ def parameters_panel(ws: data.WorkspaceView) -> None:
         help="Re-run the stages these changes touch, in the background",
     )  # fmt: skip
     cols[1].button(
-        "Undo edits", width="stretch", disabled=not changed,
+        "Undo", width="stretch", disabled=not changed, help="Back to the applied values",
         on_click=_reset_widgets, args=(ws.params,),
     )  # fmt: skip
     box.number_input("k (neighbours per document)", 1, 200, step=1, key="k")

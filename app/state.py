@@ -93,9 +93,19 @@ def _follow_upload() -> None:
         "error": sidebar.in_app_words(
             str(status.get("error") or "stopped").replace(f"{target}: ", "")
         ),
-        "rejects": data.rejects_at(target) if target.exists() else None,
+        "rejects": _in_app_rejects(data.rejects_at(target)) if target.exists() else None,
         "name": target.name,
     }
+
+
+def _in_app_rejects(rejects):
+    """The rejects table with the upload's file name and the reasons in app words."""
+    if rejects is None:
+        return None
+    rejects = rejects.copy()
+    rejects["source"] = rejects["source"].map(sidebar.in_app_words)
+    rejects["reason"] = rejects["reason"].map(sidebar.in_app_words)
+    return rejects
 
 
 def show_upload_failure() -> None:
@@ -103,7 +113,8 @@ def show_upload_failure() -> None:
     if not failure:
         return
     st.error(
-        f"The upload did not make a workspace: {failure['error']} The workspace you had open "
+        f"The upload did not make a workspace: {failure['error'].rstrip('.')}. "
+        "The workspace you had open "
         "stays open; fix the file (or the Text field / Id field in the sidebar's Data panel) "
         "and upload it again.",
         icon=":material/upload_file:",

@@ -177,7 +177,7 @@ def test_k_above_the_stored_depth_warns_of_a_new_search_and_map(sample_workspace
     marker = at.sidebar.warning[0].value
     assert "a new kNN search (k above the 32 stored) and map" in marker, marker
     assert "re-runs knn, dedup, order, pack, metrics, layout" in marker, marker
-    next(b for b in at.button if b.label == "Undo edits").click().run()
+    next(b for b in at.button if b.label == "Undo").click().run()
     assert at.number_input(key="k").value == 10
     assert not at.sidebar.warning
 
