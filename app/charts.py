@@ -27,6 +27,7 @@ METRIC_NAMES: dict[str, tuple[str, bool]] = {
 CURRENT_COLOR = "#d62728"
 RANDOM_COLOR = "#7f7f7f"
 PATH_COLOR = "#ff7f0e"
+PATH_LABELS = 30  # step numbers drawn on a map path at most
 JUMP_COLOR = "#d62728"
 STATUS_COLORS = {"kept": "#9ecae1", "duplicate": "#d62728", "near copy": "#ff7f0e"}
 PALETTE = qualitative.Dark24
@@ -53,13 +54,17 @@ def hover_text(frame: pd.DataFrame) -> list[str]:
     ]
 
 
-def similarity_histogram(current: np.ndarray, random: np.ndarray, method: str) -> go.Figure:
-    """Overlaid histograms (share of pairs) of adjacent-document similarity, with the means."""
+def similarity_histogram(
+    current: np.ndarray, random: np.ndarray, method: str, names: tuple[str, str] | None = None
+) -> go.Figure:
+    """Overlaid histograms (share of pairs) of adjacent-document similarity, with the means;
+    `names` labels the two (default: the current method and random packing)."""
     fig = go.Figure()
     bins = dict(start=-0.2, end=1.0, size=0.025)
+    first, second = names or (f"{method} (current)", "random packing")
     for name, values, color in (
-        (f"{method} (current)", current, CURRENT_COLOR),
-        ("random packing", random, RANDOM_COLOR),
+        (first, current, CURRENT_COLOR),
+        (second, random, RANDOM_COLOR),
     ):
         fig.add_trace(
             go.Histogram(
@@ -92,7 +97,7 @@ def fill_histograms(contexts: pd.DataFrame, context_length: int) -> go.Figure:
     fig.add_trace(
         go.Histogram(
             x=contexts["fill"] * 100,
-            xbins=dict(start=0, end=100.001, size=2.5),
+            xbins=dict(start=0, end=100, size=2.5),
             marker_color="#1f77b4",
             name="fill",
         ),
@@ -102,7 +107,8 @@ def fill_histograms(contexts: pd.DataFrame, context_length: int) -> go.Figure:
     fig.add_trace(
         go.Histogram(x=contexts["n_docs"], marker_color="#2ca02c", name="documents"), row=1, col=2
     )
-    fig.update_xaxes(title_text=f"% of {context_length:,} tokens", row=1, col=1)
+    # a full context is 100%: the last bin ends there, and so does the axis
+    fig.update_xaxes(title_text=f"% of {context_length:,} tokens", range=[0, 100], row=1, col=1)
     fig.update_xaxes(title_text="documents (pieces)", row=1, col=2)
     fig.update_yaxes(title_text="contexts", row=1, col=1)
     fig.update_layout(showlegend=False, margin=dict(l=10, r=10, t=40, b=10), height=300)
@@ -130,7 +136,10 @@ def _color_groups(points: pd.DataFrame, color_by: str) -> list[tuple[str, pd.Dat
 
 
 def document_map(
-    points: pd.DataFrame, color_by: str, path: pd.DataFrame | None = None
+    points: pd.DataFrame,
+    color_by: str,
+    path: pd.DataFrame | None = None,
+    highlight: list[int] | None = None,
 ) -> go.Figure:
     """WebGL scatter of the map; `path` (x, y, slot, jump, in slot order) is drawn on top with
     arrows in reading order.
@@ -138,15 +147,17 @@ def document_map(
     Args:
         points: doc, x, y, id, label, context, status, preview.
         color_by: "label", "context" or "status".
+        highlight: with color_by "context", the contexts drawn in colour (one legend entry
+            each) over every other document in grey.
     """
     fig = go.Figure()
     if color_by == "context":
-        kept = points[points["context"].notna()]
-        removed = points[points["context"].isna()]
-        colors = [PALETTE[int(c) % len(PALETTE)] for c in kept["context"]]
-        groups = [("contexts", kept, colors)]
-        if len(removed):
-            groups.append(("removed (no context)", removed, "#c7c7c7"))
+        chosen = [int(c) for c in (highlight or [])]
+        in_chosen = points["context"].isin(chosen)
+        groups = [("other documents", points[~in_chosen], "#d9d9d9")]
+        for index, context in enumerate(chosen):
+            rows = points[points["context"] == context]
+            groups.append((f"context {context}", rows, PALETTE[index % len(PALETTE)]))
     else:
         groups = _color_groups(points, color_by)
     for name, rows, color in groups:
@@ -210,15 +221,22 @@ def _add_path(fig: go.Figure, path: pd.DataFrame) -> None:
         xs, ys = _segments(path, mask)
         if xs:
             fig.add_trace(_line_trace(xs, ys, name, dict(color=color, width=2.5, dash=dash)))
+    # step numbers on a white ground, at most PATH_LABELS of them (first, last and evenly
+    # spaced), so neighbouring steps do not print over one another
+    every = max(1, -(-len(path) // PATH_LABELS))
+    for i, (x, y, slot) in enumerate(zip(path["x"], path["y"], path["slot"], strict=True)):
+        if i % every == 0 or i == len(path) - 1:
+            fig.add_annotation(
+                x=x, y=y, text=str(int(slot) + 1), showarrow=False, yshift=14,
+                font=dict(size=12, color="black"), bgcolor="rgba(255,255,255,0.85)",
+                bordercolor=PATH_COLOR, borderwidth=1, borderpad=1,
+            )  # fmt: skip
     fig.add_trace(
         go.Scatter(
             x=path["x"],
             y=path["y"],
-            mode="markers+text",
+            mode="markers",
             name="documents in order",
-            text=[str(int(s) + 1) for s in path["slot"]],
-            textposition="top center",
-            textfont=dict(size=11, color="black"),
             marker=dict(
                 size=[20] + [14] * (len(path) - 1),
                 symbol=["star"] + ["arrow"] * (len(path) - 1),

@@ -28,25 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import icp_core
-from icp_core import pipeline
+from icp_core import pipeline, sample
 from icp_core.params import Params
-from icp_core.sample import SAMPLE_DOCUMENTS
 
 # icp_core's folder's parent: the worker must import the same icp_core as the server
 _CORE_ROOT = Path(icp_core.__file__).resolve().parent.parent
 
 
 def sample_spec(workspace: str | Path) -> dict[str, Any]:
-    """The job that builds the bundled sample on first start: ingest, the shipped embedding
-    cache (so nothing is embedded), every stage, and the map."""
-    return {
-        "workspace": str(workspace),
-        "inputs": [str(SAMPLE_DOCUMENTS)],
-        "seed_sample_cache": True,
-        "params": Params().to_dict(),
-        "until": "layout",
-        "description": "Preparing the bundled sample (first start only, under a minute)",
-    }
+    """The job that builds the bundled sample when `python -m icp_core.sample --prepare`
+    has not (scripts/app.sh runs it after the install)."""
+    return sample.sample_spec(workspace)
 
 
 def store_upload(name: str, data: bytes, folder: Path) -> tuple[Path, Path]:
@@ -95,7 +87,7 @@ class JobRunner:
     def __init__(self, status_dir: Path):
         self.status_dir = Path(status_dir)
         self.status_dir.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # start() asks status(), which reaps
         self._spare: subprocess.Popen | None = None
         self._spare_due = False  # a timer will start the spare
         self._workers: dict[Path, subprocess.Popen] = {}
@@ -103,6 +95,25 @@ class JobRunner:
     def status_path(self, workspace: str | Path) -> Path:
         key = hashlib.blake2b(str(Path(workspace).resolve()).encode(), digest_size=8).hexdigest()
         return self.status_dir / f"{Path(workspace).stem}-{key}.json"
+
+    def plan_path(self, workspace: str | Path) -> Path:
+        return self.status_path(workspace).with_suffix(".plan.json")
+
+    def plan(self, workspace: str | Path) -> dict[str, float]:
+        """The running job's plan: {step: expected seconds} (empty when it has none)."""
+        try:
+            return json.loads(self.plan_path(workspace).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def reap(self) -> None:
+        """Collect the exit status of every worker that has ended, so none lingers as a
+        zombie process (Popen.poll waits for it without blocking)."""
+        with self._lock:
+            for worker in self._workers.values():
+                worker.poll()
+            if self._spare is not None and self._spare.poll() is not None:
+                self._spare = None
 
     def _spawn(self) -> subprocess.Popen:
         env = dict(os.environ)
@@ -119,6 +130,7 @@ class JobRunner:
     def prepare(self, delay_s: float = 0.0) -> None:
         """Have one warm worker waiting, started `delay_s` from now (no-op when there is one
         or one is due)."""
+        self.reap()
         with self._lock:
             if self._spare_due or (self._spare is not None and self._spare.poll() is None):
                 return
@@ -143,6 +155,7 @@ class JobRunner:
             RuntimeError: a job on that workspace is still running.
         """
         status_file = self.status_path(spec["workspace"])
+        self.reap()
         with self._lock:
             if self.running(spec["workspace"]):
                 raise RuntimeError("a job on this workspace is still running")
@@ -164,6 +177,7 @@ class JobRunner:
                     "updated_at": time.time(),
                 },
             )
+            self.plan_path(spec["workspace"]).write_text(json.dumps(spec.get("plan") or {}))
             worker.stdin.write(json.dumps(dict(spec, status_file=str(status_file))))
             worker.stdin.close()
             self._workers[status_file] = worker
@@ -172,6 +186,7 @@ class JobRunner:
     def status(self, workspace: str | Path) -> dict[str, Any] | None:
         """The last job's status on `workspace`; a "running" job whose process is gone is
         reported as failed."""
+        self.reap()
         status_file = self.status_path(workspace)
         status = pipeline.read_status(status_file)
         if status is None or status.get("state") != "running":

@@ -27,6 +27,7 @@ PAGES: tuple[PageSpec, ...] = (
     PageSpec("pages/contexts.py", "Contexts", ":material/view_list:"),
     PageSpec("pages/map.py", "Map", ":material/scatter_plot:"),
     PageSpec("pages/graph.py", "Neighbour graph", ":material/hub:"),
+    PageSpec("pages/compare.py", "Compare", ":material/compare_arrows:"),
     PageSpec("pages/export.py", "Export", ":material/download:"),
 )
 
@@ -34,6 +35,8 @@ PAGES: tuple[PageSpec, ...] = (
 def main() -> None:
     import streamlit as st
 
+    # no Deploy button or developer menu: the app is a tool, not a Streamlit project
+    st.set_option("client.toolbarMode", "minimal")
     st.set_page_config(page_title="ICP workbench", page_icon=":material/hub:", layout="wide")
     pages = [
         st.Page(APP_DIR / spec.file, title=spec.title, icon=spec.icon, default=index == 0)

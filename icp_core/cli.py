@@ -717,6 +717,8 @@ def app_command(
         str(port),
         "--browser.gatherUsageStats",
         "false",
+        "--client.toolbarMode",
+        "minimal",  # no Deploy button: the app is a tool, not a Streamlit project
     ]
     if workspace is not None:
         command += ["--", "--workspace", str(workspace)]

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from icp_core import metrics, stages
+from icp_core import metrics, pack, pipeline, stages
 from icp_core.errors import IcpError
 from icp_core.params import Params
 from icp_core.workspace import Workspace
@@ -301,9 +302,10 @@ class Neighborhood:
 
 
 def neighborhood(
-    ws: Workspace, doc: int, k: int, hops: int = 1, path_steps: int = 2
+    ws: Workspace, doc: int, k: int, hops: int = 1, path_steps: int = 2, fanout: int | None = None
 ) -> Neighborhood:
-    """The chosen document, its kNN neighbours (k per document, `hops` = 1 or 2) and its
+    """The chosen document, its kNN neighbours (k per document, `hops` = 1 or 2; beyond the
+    first hop only each neighbour's `fanout` strongest, when given) and its
     `path_steps` predecessors and successors in the ordering, with every kNN edge and path step
     among them, laid out by networkx (Kamada-Kawai, edge length 1 - similarity).
 
@@ -316,7 +318,7 @@ def neighborhood(
     if not 0 <= doc < n_docs:
         raise IcpError(f"no document {doc}: choose 0..{n_docs - 1}")
     if not (ws.has_table("neighbors") and ws.has_table("ordering")):
-        raise IcpError("no kNN lists or ordering yet; run `icp run` first")
+        raise IcpError("no kNN lists or ordering yet; apply the parameters first")
     ids, sims = stages.read_neighbors(ws, k)
     hop = {doc: 0}
     frontier = [doc]
@@ -324,7 +326,10 @@ def neighborhood(
     for depth in range(1, hops + 1):
         reached = []
         for node in frontier:
-            for other in ids[node][ids[node] >= 0].tolist():
+            row = ids[node][ids[node] >= 0]
+            if depth > 1 and fanout is not None:
+                row = row[:fanout]  # lists are sorted by similarity, strongest first
+            for other in row.tolist():
                 if other in hop:
                     continue
                 if len(hop) >= NEIGHBORHOOD_MAX_NODES:
@@ -385,3 +390,150 @@ def neighborhood(
         }
     )
     return Neighborhood(nodes, edges, truncated)
+
+
+# ---------------------------------------------------------------------------------------------
+# what a change of parameters re-runs, and for how long
+# ---------------------------------------------------------------------------------------------
+
+# Seconds a stage takes when this workspace has never run it (2,000 documents, 2 cores).
+DEFAULT_STAGE_SECONDS = {
+    "embed": 90.0,
+    "knn": 2.0,
+    "dedup": 0.5,
+    "order": 0.5,
+    "pack": 1.0,
+    "metrics": 1.0,
+    "layout": 30.0,
+}
+
+
+def stages_to_rerun(old: Params, new: Params, knn_depth: int, until: str = "metrics") -> list[str]:
+    """The stages (in run order, up to `until`) whose stored output `new` does not serve.
+
+    A stage re-runs when a field it reads (`pipeline.STAGES[*].reads`) changed or a stage
+    upstream of it re-runs; kNN lists serve any k up to `knn_depth` (the depth they were
+    searched at), so a k above it searches again, and the map (built from the lists) follows.
+    """
+    rerun: list[str] = []
+    for stage in pipeline.STAGES:
+        changed = any(getattr(old, name) != getattr(new, name) for name in stage.reads)
+        if stage.name == "knn" and new.k > knn_depth:
+            changed = True
+        if changed or any(up in rerun for up in stage.upstream):
+            rerun.append(stage.name)
+        if stage.name == until:
+            break
+    return rerun
+
+
+def stage_seconds(ws: Workspace) -> dict[str, float]:
+    """Seconds each stage took the last time it ran on this workspace (DEFAULT_STAGE_SECONDS
+    for those it never ran)."""
+    seconds = dict(DEFAULT_STAGE_SECONDS)
+    if ws.has_table("stage_runs"):
+        table = ws.arrow(
+            """SELECT stage, arg_max(seconds, ended_at) AS seconds FROM stage_runs
+               WHERE status = 'ran' GROUP BY stage"""
+        )
+        for stage, value in zip(
+            table.column("stage").to_pylist(), table.column("seconds").to_pylist(), strict=True
+        ):
+            seconds[stage] = float(value)
+    return seconds
+
+
+def knn_depth(ws: Workspace) -> int:
+    """How many neighbours per document the stored kNN lists hold (0: none stored)."""
+    state = ws.stage_state("knn")
+    return int((state or {}).get("params", {}).get("k_max", 0) or 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# two settings side by side (the app's Compare page)
+# ---------------------------------------------------------------------------------------------
+
+RANDOM_PACKING = "random packing"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One side of a comparison: its name, parameters and, in memory, its contexts."""
+
+    name: str
+    params: Params
+    packing: Any  # pack.Packing
+    metrics: dict[str, Any]
+    adjacent_sims: np.ndarray
+
+
+def comparable(ws: Workspace, params: Params, other: Params) -> str | None:
+    """Why `other` cannot be computed in memory next to the stored `params` (None: it can).
+    The stored kNN lists, duplicates and token counts serve other orderings, k up to the
+    stored depth, context lengths and pack policies; a new dedup threshold or tokenizer needs
+    Apply."""
+    if other.k > knn_depth(ws):
+        return f"k = {other.k} is above the {knn_depth(ws)} stored neighbours; Apply it first"
+    for name in ("dedup_threshold", "tokenizer", "separator", "model", "index"):
+        if getattr(other, name) != getattr(params, name):
+            return f"a different {name.replace('_', ' ')} needs Apply (sidebar) first"
+    return None
+
+
+def compare_settings(ws: Workspace, params: Params, others: dict[str, Params]) -> list[Setting]:
+    """The stored contexts (named "current") and, computed in memory without writing, each of
+    `others` (RANDOM_PACKING: the metrics' random baseline), measured the same way."""
+    token_join, token_params = _token_join(ws)
+    doc_tokens = ws.column(
+        f"SELECT t.n_tokens FROM documents d {token_join} ORDER BY d.doc",
+        token_params,
+        dtype=np.int64,
+    )
+    vectors = stages.read_vectors(ws)
+    ids, sims = stages.read_neighbors(ws)
+    kept = stages.kept_documents(ws, include_order_drops=True)
+    sep_tokens = len(ws.stage_state("pack")["params"].get("separator_ids") or [1])
+    labels = stages.read_labels(ws, stages.resolve_label_field(ws, params.label_field))
+    texts = ws.arrow("SELECT text FROM documents ORDER BY doc").column("text").to_pylist()
+    packings = {"current": (params, stages.read_packing(ws))}
+    for name, other in others.items():
+        if name == RANDOM_PACKING:
+            packing = stages.random_packing(kept, doc_tokens, params, sep_tokens)
+            packings[name] = (params.updated(order="random"), packing)
+            continue
+        order = stages.order_documents(ids, sims, kept, other)
+        packings[name] = (
+            other,
+            pack.pack_contexts(
+                order, doc_tokens, other.context_length, other.pack, sep_tokens, other.shuffle,
+                other.seed,
+            ),
+        )  # fmt: skip
+    result, scorings = [], {}
+    for name, (setting, packing) in packings.items():
+        if setting.k not in scorings:
+            scorings[setting.k] = stages.KeptScoring.build(ids, sims, kept, setting.k, texts)
+        measured = scorings[setting.k].measure(
+            packing, vectors, doc_tokens, setting.context_length, labels
+        )
+        first, second = metrics.adjacent_pairs(packing)
+        result.append(
+            Setting(
+                name, setting, packing, measured, metrics.pair_similarity(vectors, first, second)
+            )
+        )
+    return result
+
+
+def context_of(setting: Setting, doc: int) -> pd.DataFrame:
+    """The context that holds `doc` under `setting`: slot, doc, in reading order (empty when
+    the document is in no context)."""
+    packing = setting.packing
+    hit = np.flatnonzero(packing.doc == doc)
+    if not len(hit):
+        return pd.DataFrame({"slot": [], "doc": []}, dtype="int64")
+    context = packing.context[hit[0]]
+    rows = np.flatnonzero(packing.context == context)
+    frame = pd.DataFrame({"slot": packing.slot[rows], "doc": packing.doc[rows]})
+    frame.attrs["context"] = int(context)
+    return frame.drop_duplicates("doc").sort_values("slot").reset_index(drop=True)

@@ -2,11 +2,11 @@
 
 import streamlit as st
 
-from app import state
+from app import data, state
 
 ws = state.page_setup()
 st.title("Contexts")
-summary = state.contexts(ws)
+summary = data.contexts(ws)
 
 query = st.text_input(
     "Search documents by id, number or text",
@@ -14,7 +14,7 @@ query = st.text_input(
     placeholder="e.g. sqlite3, pydocs:library/json.html, 42",
 )
 if query:
-    matches = state.annotate(ws, state.find_documents(ws, query)[["doc"]])
+    matches = data.annotate(ws, data.find_documents(ws, query)[["doc"]])
     in_contexts = matches["context"].dropna().astype(int).unique()
     st.caption(
         f"{len(matches):,} matching documents (first 200) in {len(in_contexts):,} contexts"
@@ -70,12 +70,12 @@ row = by_context.loc[context]
 mean_sim = "–" if row["mean_sim"] != row["mean_sim"] else f"{row['mean_sim']:.3f}"
 st.subheader(f"Context {context}")
 st.markdown(
-    f"{int(row['n_docs'])} documents · {int(row['tokens']):,} tokens "
+    f"{state.plural(int(row['n_docs']), 'document')} · {int(row['tokens']):,} tokens "
     f"({row['fill']:.0%} of {ws.params.context_length:,}) · mean similarity to the previous "
-    f"document {mean_sim} · {int(row['jumps'])} jumps · k = {ws.params.k}, "
+    f"document {mean_sim} · {state.plural(int(row['jumps']), 'jump')} · k = {ws.params.k}, "
     f"order = {ws.params.order}"
 )
-pieces = state.context_documents(ws, context)
+pieces = data.context_documents(ws, context)
 pieces.insert(
     1,
     "step",
@@ -116,4 +116,4 @@ doc = st.selectbox(
     ),
 )
 st.session_state["focus_doc"] = int(doc)
-st.code(state.document_text(ws, doc), language=None, wrap_lines=True, height=360)
+st.code(data.document_text(ws, doc), language=None, wrap_lines=True, height=360)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import state
+from app import data, sidebar, state
 from icp_core.errors import IcpError
 from icp_core.export import FORMATS
 
@@ -35,7 +35,7 @@ st.caption(
 def _run_export(out: Path, overwrite: bool) -> dict | None:
     bar = st.progress(0.0, text="exporting…")
     try:
-        manifest = state.export(
+        manifest = data.export(
             ws,
             out,
             fmt,
@@ -46,7 +46,7 @@ def _run_export(out: Path, overwrite: bool) -> dict | None:
         )
     except IcpError as err:
         bar.empty()
-        st.error(str(err))
+        st.error(sidebar.in_app_words(str(err)))
         return None
     bar.empty()
     return manifest
@@ -68,7 +68,8 @@ with download_tab:
         try:
             manifest = _run_export(folder / "export", overwrite=False)
             if manifest is not None:
-                size = sum(p.stat().st_size for p in (folder / "export").iterdir())
+                written = sorted(p for p in (folder / "export").rglob("*") if p.is_file())
+                size = sum(p.stat().st_size for p in written)
                 if size > DOWNLOAD_LIMIT_MB * 2**20:
                     st.error(
                         f"The export is {size / 2**20:.0f} MB, over the {DOWNLOAD_LIMIT_MB} MB "
@@ -77,8 +78,8 @@ with download_tab:
                 else:
                     buffer = io.BytesIO()
                     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-                        for file in sorted((folder / "export").iterdir()):
-                            archive.write(file, file.name)
+                        for file in written:  # data/ shards, removed/, card, manifest
+                            archive.write(file, file.relative_to(folder / "export"))
                     st.session_state["export_zip"] = (fmt, ws.key("pack"), buffer.getvalue())
                     st.session_state["export_manifest"] = manifest
         finally:

@@ -2,7 +2,9 @@
 
 import streamlit as st
 
-from app import charts, state
+from app import charts, data, state
+
+GRAPH_FANOUT = 3
 
 ws = state.page_setup()
 st.title("Neighbour graph")
@@ -25,7 +27,7 @@ query = controls[0].text_input(
 )
 hops = controls[1].radio("Hops", [1, 2], horizontal=True, key="graph_hops")
 if query:
-    matches = state.find_documents(ws, query)
+    matches = data.find_documents(ws, query)
     if matches.empty:
         st.warning(f"No document matches {query!r}.")
         st.stop()
@@ -38,8 +40,10 @@ if query:
 else:
     doc = st.session_state.get("focus_doc", 0)
 doc = int(doc)
-hood = state.neighborhood(ws, doc, hops)
-nodes = state.annotate(ws, hood.nodes)
+# the second hop shows each neighbour's strongest few; "Show more" widens it
+fanout = st.session_state.setdefault("graph_fanout", GRAPH_FANOUT)
+hood = data.neighborhood(ws, doc, hops, fanout if hops > 1 else None)
+nodes = data.annotate(ws, hood.nodes)
 center = nodes.set_index("doc").loc[doc]
 st.text(
     f"{center['id']}  ·  {center['label'] or '-'}  ·  {center['status']}  ·  "
@@ -49,8 +53,15 @@ st.text(
         else "not in any context"
     )
 )
-if hood.truncated:
-    st.info(f"The 2-hop neighbourhood is cut at {len(nodes)} documents to stay readable.")
+if hops > 1:
+    more, note = st.columns([1, 4])
+    if fanout < ws.params.k and more.button("Show more", key="graph_more"):
+        st.session_state["graph_fanout"] = min(ws.params.k, fanout + GRAPH_FANOUT)
+        st.rerun()
+    note.caption(
+        f"Second hop: each neighbour's {min(fanout, ws.params.k)} strongest of {ws.params.k} "
+        f"({len(nodes)} documents)" + ("; cut to stay readable." if hood.truncated else ".")
+    )
 st.plotly_chart(
     charts.neighborhood_figure(nodes, hood.edges, doc),
     key="neighborhood",
@@ -71,7 +82,7 @@ touching["direction"] = [
     ("before it" if t == doc else "after it") if p else ""
     for t, p in zip(touching["target"], touching["path"], strict=True)
 ]
-table = state.annotate(ws, touching[["doc", "sim", "knn", "direction", "jump"]])
+table = data.annotate(ws, touching[["doc", "sim", "knn", "direction", "jump"]])
 table["same context"] = table["context"] == center["context"]
 st.subheader("Its neighbours")
 st.dataframe(
@@ -89,4 +100,4 @@ st.dataframe(
     },
 )
 with st.expander("Full text of the chosen document"):
-    st.code(state.document_text(ws, doc), language=None, wrap_lines=True, height=360)
+    st.code(data.document_text(ws, doc), language=None, wrap_lines=True, height=360)

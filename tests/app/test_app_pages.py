@@ -24,6 +24,10 @@ def open_app(workspace: Path | None = None, page: str | None = None) -> AppTest:
     return at
 
 
+def apply_button(at: AppTest):
+    return next(b for b in at.button if b.label == "Apply")
+
+
 def shown_metrics(at: AppTest) -> dict[str, str]:
     return {metric.label: metric.value for metric in at.metric}
 
@@ -70,9 +74,17 @@ def test_applying_k_and_method_updates_the_metrics(sample_copy):
     at = open_app(sample_copy)
     before = shown_metrics(at)
     assert at.number_input(key="k").value == 10
+    assert apply_button(at).disabled  # nothing to apply yet
     at.number_input(key="k").set_value(5)
     at.selectbox(key="order").select("random")
-    next(b for b in at.button if b.label == "Apply").click()
+    at.run()
+    # the edit is marked, with what it re-runs; the header still shows the applied values
+    marker = " ".join(w.value for w in at.sidebar.warning)
+    assert "Not applied yet" in marker and "k: 10 → **5**" in marker, marker
+    assert "re-runs dedup, order, pack, metrics, about" in marker, marker
+    assert "k = 10 · order" in at.caption[0].value
+    assert "2 edits in the sidebar not applied" in at.caption[0].value
+    apply_button(at).click()
     at.run()
     assert not at.exception, at.exception
     params, stored = stored_metrics(sample_copy)
@@ -91,7 +103,9 @@ def test_applying_k_and_method_updates_the_metrics(sample_copy):
 
     at.number_input(key="k").set_value(20)
     at.selectbox(key="order").select("icp")
-    next(b for b in at.button if b.label == "Apply").click()
+    at.run()
+    assert not at.sidebar.warning[0].value.count("kNN search")  # 20 <= the 32 stored
+    apply_button(at).click()
     at.run()
     _, stored = stored_metrics(sample_copy)
     assert shown_metrics(at)["Adjacent similarity"] == f"{stored['adjacent_sim_mean']:.3f}"
@@ -100,8 +114,8 @@ def test_applying_k_and_method_updates_the_metrics(sample_copy):
 
 def test_invalid_tokenizer_is_refused_without_running(sample_copy):
     at = open_app(sample_copy)
-    at.text_input(key="tokenizer").input("/no/such/tokenizer.json")
-    next(b for b in at.button if b.label == "Apply").click()
+    at.text_input(key="tokenizer").input("/no/such/tokenizer.json").run()
+    apply_button(at).click()
     at.run()
     assert not at.exception
     assert any("/no/such/tokenizer.json" in e.value for e in at.sidebar.error)
@@ -155,3 +169,38 @@ def test_a_missing_workspace_is_a_clear_error(tmp_path):
     at = open_app(tmp_path / "nowhere.duckdb")
     assert not at.exception
     assert "no such workspace" in at.error[0].value
+
+
+def test_k_above_the_stored_depth_warns_of_a_new_search_and_map(sample_workspace):
+    at = open_app(sample_workspace)
+    at.number_input(key="k").set_value(40).run()
+    marker = at.sidebar.warning[0].value
+    assert "a new kNN search (k above the 32 stored) and map" in marker, marker
+    assert "re-runs knn, dedup, order, pack, metrics, layout" in marker, marker
+    next(b for b in at.button if b.label == "Undo").click().run()
+    assert at.number_input(key="k").value == 10
+    assert not at.sidebar.warning
+
+
+def test_compare_puts_another_method_next_to_the_applied_one(sample_workspace):
+    at = open_app(sample_workspace, "pages/compare.py")
+    assert not at.exception, at.exception
+    table = at.dataframe[0].value
+    assert list(table.columns[:2]) == ["metric", "applied"] and "random packing" in table
+    at.selectbox(key="compare_order").select("random").run()
+    assert not at.exception, at.exception
+    assert "random · k = 10" in at.dataframe[0].value.columns[2]
+    assert len(at.dataframe) == 3  # metrics, and the chosen document's context on each side
+
+
+def test_two_hops_show_the_strongest_neighbours_and_more_on_request(sample_workspace):
+    at = open_app(sample_workspace, "pages/graph.py")
+    at.radio(key="graph_hops").set_value(2).run()
+    assert not at.exception, at.exception
+    shown = next(c.value for c in at.caption if c.value.startswith("Second hop"))
+    assert "each neighbour's 3 strongest of 10" in shown, shown
+    few = int(shown.split("(")[1].split()[0])
+    assert few <= 1 + 10 + 10 * 3 + 4  # the document, its k, 3 each, the path around it
+    next(b for b in at.button if b.label == "Show more").click().run()
+    shown = next(c.value for c in at.caption if c.value.startswith("Second hop"))
+    assert "6 strongest" in shown and int(shown.split("(")[1].split()[0]) > few

@@ -34,11 +34,11 @@ def test_map_colours_and_path():
     assert [t.name for t in by_status.data] == ["kept", "duplicate"]
     assert sum(len(t.x) for t in by_status.data) == len(frame)
     path = frame.iloc[:4].assign(slot=range(4), jump=[None, False, True, False])
-    with_path = charts.document_map(frame, "context", path)
+    with_path = charts.document_map(frame, "context", path, highlight=[0])
     names = [t.name for t in with_path.data]
     assert names == [
-        "contexts",
-        "removed (no context)",
+        "other documents",  # grey
+        "context 0",
         "path",
         "jump (not a kNN edge)",
         "documents in order",
@@ -46,6 +46,8 @@ def test_map_colours_and_path():
     jump_trace = with_path.data[3]
     assert list(jump_trace.x) == [frame.x[1], frame.x[2], None]  # the step into slot 2
     assert with_path.data[-1].marker.symbol == ("star", "arrow", "arrow", "arrow")
+    # step numbers are annotations on a white ground, one per step here
+    assert [a.text for a in with_path.layout.annotations] == ["1", "2", "3", "4"]
 
 
 def test_labels_beyond_the_palette_are_grouped_and_said(tmp_path):

@@ -1,11 +1,1 @@
-from pathlib import Path
-
-import pytest
-
-from tests.app.workspaces import built_sample
-
-
-@pytest.fixture(scope="session")
-def sample_workspace(tmp_path_factory) -> Path:
-    """The bundled sample with contexts, metrics and map; tests must not change it."""
-    return built_sample(tmp_path_factory.getbasetemp())
+"""The browser tests prepare their own app cache (tests/e2e/test_e2e_browser.py)."""

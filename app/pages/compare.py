@@ -1,0 +1,161 @@
+"""Compare: the applied parameters next to another ordering method, k, context length or pack
+policy (or random packing) on the same corpus: metric deltas, similarity histograms, and the
+context that holds the same document under each."""
+
+import pandas as pd
+import streamlit as st
+
+from app import charts, data, state
+from icp_core import explore, pack
+from icp_core.traverse import METHODS
+
+ws = state.page_setup()
+st.title("Compare")
+p = ws.params
+st.caption(
+    "The applied parameters (left) against another setting (right), computed in memory from "
+    "the stored neighbours and token counts; nothing is written. To keep one, set it in the "
+    "sidebar and Apply."
+)
+
+choices = [explore.RANDOM_PACKING, *(m for m in METHODS if m != p.order), p.order]
+controls = st.columns([2, 1, 1, 1])
+other_order = controls[0].selectbox("Compare with (ordering)", choices, key="compare_order")
+is_random = other_order == explore.RANDOM_PACKING
+other_k = controls[1].number_input(
+    "k", 1, max(1, data.knn_depth(ws)), value=p.k, key="compare_k", disabled=is_random
+)
+other_length = controls[2].number_input(
+    "Context length", 32, 1_048_576, value=p.context_length, step=256, key="compare_length",
+    disabled=is_random,
+)  # fmt: skip
+other_pack = controls[3].selectbox(
+    "Pack policy", list(pack.PACK_MODES), index=list(pack.PACK_MODES).index(p.pack),
+    key="compare_pack", disabled=is_random,
+)  # fmt: skip
+other = p if is_random else p.updated(
+    order=other_order, k=int(other_k), context_length=int(other_length), pack=other_pack
+)  # fmt: skip
+name = (
+    explore.RANDOM_PACKING
+    if is_random
+    else f"{other.order} · k = {other.k} · L = {other.context_length:,} · {other.pack}"
+)
+why_not = None if is_random else data.comparable(ws, other)
+if why_not:
+    st.warning(f"Cannot compare in memory: {why_not}.")
+    st.stop()
+if not is_random and other == p:
+    st.info("That is the applied setting; change the ordering, k, length or pack policy above.")
+    st.stop()
+
+current, alternative = data.compare(ws, name, other)
+here = f"applied: {p.order} · k = {p.k} · L = {p.context_length:,} · {p.pack}"
+
+st.subheader("Metrics")
+rows = []
+for key, (label, higher_is_better) in charts.METRIC_NAMES.items():
+    a, b = current.metrics.get(key), alternative.metrics.get(key)
+    delta = None if a is None or b is None else b - a
+    better = None if delta is None or abs(delta) < 1e-9 else (delta > 0) == higher_is_better
+    rows.append(
+        {
+            "metric": label,
+            "applied": a,
+            name: b,
+            "difference (right − left)": delta,
+            "right is": "–" if better is None else ("better" if better else "worse"),
+        }
+    )
+table = pd.DataFrame(rows)
+st.dataframe(
+    table.style.format("{:+.3f}", subset=["difference (right − left)"], na_rep="–").format(
+        "{:.3f}", subset=["applied", name], na_rep="–"
+    ),
+    hide_index=True,
+    width="stretch",
+)
+st.caption(
+    f"{state.plural(current.packing.n_contexts, 'context')} applied · "
+    f"{state.plural(alternative.packing.n_contexts, 'context')} with {name}."
+)
+
+st.subheader("Adjacent similarity")
+st.plotly_chart(
+    charts.similarity_histogram(
+        current.adjacent_sims, alternative.adjacent_sims, p.order, names=(here, name)
+    ),
+    key="compare_histogram",
+)
+
+st.subheader("The same document under each")
+docs = data.documents(ws)
+focus = int(st.session_state.get("focus_doc", current.packing.doc[0]))
+if focus not in set(current.packing.doc.tolist()):
+    focus = int(current.packing.doc[0])
+query = st.text_input(
+    "Document: id, number or words from its text",
+    key="compare_query",
+    placeholder=f"empty: {docs.set_index('doc').at[focus, 'id']}",
+)
+if query:
+    found = data.find_documents(ws, query)
+    if found.empty:
+        st.warning(f"No document matches {query!r}; showing {focus}.")
+    else:
+        focus = int(found["doc"].iloc[0])
+by_doc = docs.set_index("doc")
+left, right = (explore.context_of(s, focus) for s in (current, alternative))
+shared = set(left["doc"]) & set(right["doc"])
+
+
+def _side(frame: pd.DataFrame) -> pd.DataFrame:
+    out = pd.DataFrame(
+        {
+            "#": frame["slot"] + 1,
+            "id": [by_doc.at[d, "id"] for d in frame["doc"]],
+            "in both": ["●" if d in shared else "" for d in frame["doc"]],
+            "first line": [by_doc.at[d, "preview"] for d in frame["doc"]],
+        }
+    )
+    out.loc[frame["doc"].to_numpy() == focus, "in both"] = "★ chosen"
+    return out
+
+
+st.caption(
+    f"{by_doc.at[focus, 'id']}: {state.plural(len(shared) - 1, 'other document')} share its "
+    "context under both settings (●); ★ is the chosen document."
+)
+columns = st.columns(2)
+for column, frame, title in ((columns[0], left, here), (columns[1], right, name)):
+    column.markdown(f"**{title}** · context {frame.attrs.get('context', '–')}")
+    column.dataframe(
+        _side(frame), hide_index=True, width="stretch", height=min(38 + 35 * len(frame), 500),
+        column_config={"first line": st.column_config.TextColumn(width="medium")},
+    )  # fmt: skip
+
+st.subheader("Every method × pack policy")
+st.caption(
+    f"What the command line's evaluation computes: each ordering method with each pack "
+    f"policy at k = {p.k} and L = {p.context_length:,}, with the upper bounds on adjacent "
+    "similarity (about a minute on 2 cores; kept until the data changes)."
+)
+if st.session_state.get("compare_eval") or st.button("Compute every combination"):
+    st.session_state["compare_eval"] = True
+    result = data.evaluation(ws)
+    bounds = result["bounds"]
+    rows = pd.DataFrame(result["rows"])
+    first = [c for c in ("order", "pack") if c in rows.columns]
+    st.dataframe(
+        rows[first + [c for c in rows.columns if c not in first]],
+        hide_index=True,
+        width="stretch",
+        column_config={name: st.column_config.Column(pinned=True) for name in first},
+    )
+    top1, matching = bounds.get("top1_bound"), bounds.get("two_matching_bound")
+    st.caption(
+        "Upper bounds on adjacent similarity: top-1 "
+        + ("–" if top1 is None else f"{top1:.3f}")
+        + ", 2-matching "
+        + ("–" if matching is None else f"{matching:.3f}")
+    )
