@@ -22,6 +22,8 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +34,7 @@ log = logging.getLogger(__name__)
 INDEXES = ("auto", "flat", "ivf", "hnsw")
 EXACT_MAX_DOCS = 50_000
 IVF_MIN_PROBES = 32
-RERANK_FACTOR = 2
+RERANK_FACTOR = 6
 _QUERY_BATCH = 8192
 _RERANK_BATCH = 1024
 
@@ -57,34 +59,65 @@ def resolve_index(index: str, n_docs: int) -> str:
     return "flat" if n_docs <= EXACT_MAX_DOCS else "ivf"
 
 
+@dataclass(frozen=True)
+class IvfSettings:
+    """How the `ivf` index is built and searched for one corpus (see `ivf_settings`)."""
+
+    lists: int  # inverted lists (k-means centroids)
+    train_points: int  # vectors sampled to train the centroids and the 4-bit codes
+    nprobe: int  # lists searched per query
+    candidates_per_k: int  # candidates per wanted neighbour, re-ranked exactly
+
+
+def ivf_settings(n_docs: int, dim: int) -> IvfSettings:
+    """The `ivf` index's settings for n_docs vectors of dimension dim: the one place that
+    decides them, for the single-machine kNN and the Ray engine alike (see the module
+    docstring for the measurements behind each number)."""
+    del dim  # measured at 384; the settings do not depend on it there
+    lists = max(1, min(int(2 * math.sqrt(n_docs)), n_docs // 39))
+    train_points = min(n_docs, max(32 * lists, 10_000))
+    nprobe = min(lists, max(IVF_MIN_PROBES, lists // 64))
+    return IvfSettings(lists, train_points, nprobe, RERANK_FACTOR)
+
+
 def ivf_lists(n_docs: int) -> int:
-    """Inverted lists of the `ivf` index for a corpus of n_docs (about 4 sqrt(N))."""
-    return max(1, min(int(4 * math.sqrt(n_docs)), n_docs // 39))
+    """Inverted lists of the `ivf` index for a corpus of n_docs (see `ivf_settings`)."""
+    return ivf_settings(n_docs, 384).lists
 
 
-def _build_index(vectors: np.ndarray, kind: str, seed: int):
+def _build_index(vectors: np.ndarray, kind: str) -> Any:
     import faiss
 
-    n_docs, dim = vectors.shape
+    dim = vectors.shape[1]
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
-    elif kind == "hnsw":
+    else:  # hnsw
         index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 80
         index.hnsw.efSearch = 128
-    else:
-        n_lists = ivf_lists(n_docs)
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFScalarQuantizer(
-            quantizer, dim, n_lists, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
-        )
-        index.cp.niter = 10
-        index.cp.min_points_per_centroid = 16  # the sample below is enough; no faiss warning
-        rng = np.random.default_rng(seed)
-        sample_size = min(n_docs, 32 * n_lists)
-        sample = vectors[np.sort(rng.choice(n_docs, sample_size, replace=False))]
-        index.train(sample)
-        index.nprobe = min(n_lists, max(IVF_MIN_PROBES, n_lists // 48))
+    index.add(vectors)
+    return index
+
+
+def _build_ivf(vectors: np.ndarray, seed: int) -> Any:
+    """An IVF index of 4-bit fast-scan PQ codes (by residual) over `vectors`."""
+    import faiss
+
+    n_docs, dim = vectors.shape
+    settings = ivf_settings(n_docs, dim)
+    quantizer = faiss.IndexFlatIP(dim)
+    # 4 dimensions per 4-bit code at 384 (96 codes, 48 bytes); 2 below 128 dimensions
+    per_code = 4 if dim >= 128 else 2
+    sub_quantizers = next(m for m in (dim // per_code, dim // 2, dim) if m and dim % m == 0)
+    index = faiss.IndexIVFPQFastScan(
+        quantizer, dim, settings.lists, sub_quantizers, 4, faiss.METRIC_INNER_PRODUCT
+    )
+    index.cp.niter = 10
+    index.cp.min_points_per_centroid = 16  # the sample below is enough; no faiss warning
+    rng = np.random.default_rng(seed)
+    sample = vectors[np.sort(rng.choice(n_docs, settings.train_points, replace=False))]
+    index.train(sample)
+    index.nprobe = settings.nprobe
     index.add(vectors)
     return index
 
@@ -133,9 +166,13 @@ def knn_search(
         raise IcpError("vectors hold NaN or inf; re-embed or fix the imported vectors")
     kind = resolve_index(index, n_docs)
     started = time.perf_counter()
-    faiss_index = _build_index(vectors, kind, seed)
     searched = min(k, n_docs - 1) + 1  # one extra column for the document itself
-    candidates = min(searched * RERANK_FACTOR, n_docs) if kind == "ivf" else searched
+    if kind == "ivf":
+        faiss_index = _build_ivf(vectors, seed)
+        candidates = min(searched * RERANK_FACTOR, n_docs)
+    else:
+        faiss_index = _build_index(vectors, kind)
+        candidates = searched
     for start in range(0, n_docs, _QUERY_BATCH):
         stop = min(start + _QUERY_BATCH, n_docs)
         found_sims, found_ids = faiss_index.search(vectors[start:stop], candidates)
