@@ -299,8 +299,9 @@ def _follow_job(path: Path) -> None:
             fraction = min(1.0, (index + within) / len(stage_names))
             counter = f": {done:,} of {total:,}" if total > 1 else ""
             elapsed = time.time() - min(status.get("started_at", shown_from), shown_from)
+            note = f" · {status['note']}" if status.get("note") else ""  # "loading model", ETA
             bar.progress(
-                fraction, text=f"{STAGE_WORDS.get(stage, stage)}{counter} · {elapsed:.0f} s"
+                fraction, text=f"{STAGE_WORDS.get(stage, stage)}{counter} · {elapsed:.0f} s{note}"
             )
             time.sleep(0.1)
             status = runner.status(path) or {}

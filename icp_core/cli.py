@@ -108,6 +108,12 @@ def _progress_factory():
             if done >= total:
                 bar.close()
 
+        def note(text: str) -> None:  # a phase ("loading model") or an ETA, see embed.note
+            bar = bars.get(stage)
+            if bar is not None and not bar.disable:
+                bar.set_postfix_str(text, refresh=True)
+
+        report.note = note  # type: ignore[attr-defined]
         return report
 
     return factory

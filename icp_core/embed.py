@@ -122,17 +122,103 @@ def load_model(model_path: str, device: str = "auto", max_tokens: int | None = N
     return model
 
 
+# Estimated tokens per character of text (English prose and code: ~4 characters per token),
+# used only to weigh documents for the ETA; the embedding itself uses the real tokenizer.
+CHARS_PER_TOKEN_ESTIMATE = 4
+# Per-document overhead in tokens ([CLS], [SEP], pooling, the Python call), for the ETA.
+DOC_OVERHEAD_TOKENS = 8
+
+
+def estimated_tokens(texts: list[str], max_tokens: int | None) -> np.ndarray:
+    """(len(texts),) estimated tokens each text costs to embed (cut at max_tokens)."""
+    limit = max_tokens or 512
+    lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+    return np.minimum(-(-lengths // CHARS_PER_TOKEN_ESTIMATE), limit) + DOC_OVERHEAD_TOKENS
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def note(report: Report, text: str) -> None:
+    """Pass a one-line phase or ETA text to a progress callback that takes one.
+
+    The progress contract is `report(done, total)`; a callback may also carry a `note(text)`
+    attribute (the CLI's bars and the app's status file do) that shows a phase such as
+    "loading model" or an ETA. Plain callables are left alone.
+    """
+    show = getattr(report, "note", None)
+    if callable(show):
+        show(text)
+
+
+class EmbedProgress:
+    """Progress of an embedding run over `costs` (estimated tokens per document, in the order
+    they are embedded): `report(done, total)` counts documents after every batch, and the
+    note carries an ETA from the tokens processed so far (documents run longest first, so a
+    document rate would overstate the time left).
+
+    Model loading is its own phase: `loading()` reports `(0, total)` with the note
+    "loading model" before the (slow) import, so a bar shows at once, and the clock of the ETA
+    starts only when the first batch starts.
+    """
+
+    def __init__(self, report: Report, costs: np.ndarray, clock: Callable[[], float] | None = None):
+        import time
+
+        self.report = report
+        self.cumulative = np.concatenate([[0], np.cumsum(np.asarray(costs, dtype=np.float64))])
+        self.total = len(costs)
+        self.done = 0
+        self.clock = clock or time.perf_counter
+        self.started: float | None = None
+
+    def loading(self, what: str = "loading model") -> None:
+        self.report(0, self.total)
+        note(self.report, what)
+
+    def start(self) -> None:
+        if self.started is None:
+            self.started = self.clock()
+
+    def eta_s(self) -> float | None:
+        """Seconds left, from the time per estimated token so far; None before any batch."""
+        if self.started is None or self.done == 0:
+            return None
+        spent = self.clock() - self.started
+        done_cost = self.cumulative[self.done]
+        return spent * (self.cumulative[-1] - done_cost) / max(done_cost, 1e-9)
+
+    def advance(self, n_docs: int) -> None:
+        self.start()
+        self.done = min(self.total, self.done + n_docs)
+        self.report(self.done, self.total)
+        eta = self.eta_s()
+        if eta is not None:
+            note(self.report, f"ETA {format_seconds(eta)}" if self.done < self.total else "done")
+
+
 def embed_texts(
-    model: Any, texts: list[str], batch_size: int = 64, report: Report = _noop
+    model: Any,
+    texts: list[str],
+    batch_size: int = 64,
+    report: Report = _noop,
+    progress: EmbedProgress | None = None,
 ) -> np.ndarray:
     """Embed texts into unit vectors.
 
     Args:
-        model: a loaded SentenceTransformer.
+        model: a loaded SentenceTransformer (or a `static_embed.StaticModel`).
         texts: documents; each is cut to `CHARS_PER_TOKEN_CAP * max_seq_length` characters
             before tokenizing (the model truncates to `max_seq_length` tokens anyway).
         batch_size: texts per forward pass.
-        report: `report(done, total)` after each batch group.
+        report: `report(done, total)` after each batch (documents), when `progress` is None.
+        progress: a shared `EmbedProgress` over a larger run these texts are part of.
 
     Returns:
         (len(texts), d) float32, rows of L2 norm 1.
@@ -141,11 +227,14 @@ def embed_texts(
         IcpError: the model returned NaN or infinite values.
     """
     limit = CHARS_PER_TOKEN_CAP * int(model.max_seq_length or 512)
+    if progress is None:
+        progress = EmbedProgress(report, estimated_tokens(texts, model.max_seq_length))
     dimension = (
         getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     )
     vectors = np.zeros((len(texts), dimension()), dtype=np.float32)
-    step = batch_size * 8
+    step = getattr(model, "preferred_batch", None) or batch_size
+    progress.start()
     for start in range(0, len(texts), step):
         chunk = [text[:limit] for text in texts[start : start + step]]
         vectors[start : start + len(chunk)] = model.encode(
@@ -155,7 +244,7 @@ def embed_texts(
             normalize_embeddings=True,
             show_progress_bar=False,
         )
-        report(start + len(chunk), len(texts))
+        progress.advance(len(chunk))
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():
         raise IcpError(
