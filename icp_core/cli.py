@@ -37,7 +37,10 @@ TextFieldOpt = Annotated[str | None, typer.Option(help="Field holding the text [
 IdFieldOpt = Annotated[str | None, typer.Option(help="Field holding the id [id; else file:line].")]
 ModelOpt = Annotated[
     str | None,
-    typer.Option(help="Local sentence-transformers folder [packaged all-MiniLM-L6-v2]."),
+    typer.Option(
+        help="Local sentence-transformers or model2vec folder, or 'static' (fast path, "
+        "distilled from the default once) [packaged all-MiniLM-L6-v2]."
+    ),
 ]
 MaxTokensOpt = Annotated[int | None, typer.Option(help="Embed the first N tokens [model limit].")]
 BatchOpt = Annotated[int | None, typer.Option(help="Texts per embedding batch [64].")]

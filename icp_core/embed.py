@@ -128,6 +128,8 @@ def load_model(model_path: str, device: str = "auto", max_tokens: int | None = N
         ) from None
     if max_tokens:
         model.max_seq_length = max_tokens
+    if str(model.device).startswith("cuda"):
+        model.half()  # fp16 on a GPU: about twice the throughput, cosines agree to ~1e-3
     return model
 
 
@@ -236,17 +238,21 @@ def embed_texts(
         IcpError: the model returned NaN or infinite values.
     """
     limit = CHARS_PER_TOKEN_CAP * int(model.max_seq_length or 512)
-    if progress is None:
-        progress = EmbedProgress(report, estimated_tokens(texts, model.max_seq_length))
     dimension = (
         getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
     )
     vectors = np.zeros((len(texts), dimension()), dtype=np.float32)
     step = getattr(model, "preferred_batch", None) or batch_size
+    # length-bucketed batches, longest first: each batch pads to similar lengths (the stage
+    # passes texts already in this order, so this is the identity there)
+    order = np.argsort([-len(text) for text in texts], kind="stable")
+    if progress is None:
+        progress = EmbedProgress(report, estimated_tokens(texts, model.max_seq_length)[order])
     progress.start()
     for start in range(0, len(texts), step):
-        chunk = [text[:limit] for text in texts[start : start + step]]
-        vectors[start : start + len(chunk)] = model.encode(
+        rows = order[start : start + step]
+        chunk = [texts[row][:limit] for row in rows]
+        vectors[rows] = model.encode(
             chunk,
             batch_size=batch_size,
             convert_to_numpy=True,

@@ -113,3 +113,22 @@ def test_job_status_file_carries_the_note(tmp_path):
     report(100, 100)
     reporter("knn")  # a new stage starts without the old note
     assert "note" not in json.loads(status_file.read_text())
+
+
+class EchoModel(FakeModel):
+    """Vector = one-hot of the text's length, so rows can be traced back to texts."""
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return 32
+
+    def encode(self, texts, batch_size, **_):
+        self.events.append(("encode", [len(t) for t in texts]))
+        return np.eye(32, dtype=np.float32)[[len(t) for t in texts]]
+
+
+def test_batches_are_length_bucketed_and_rows_keep_the_input_order():
+    model = EchoModel()
+    texts = ["x" * n for n in (3, 17, 1, 30, 8, 8, 25)]
+    vectors = embed.embed_texts(model, texts, batch_size=3)
+    assert vectors.argmax(axis=1).tolist() == [3, 17, 1, 30, 8, 8, 25]
+    assert [e[1] for e in model.events] == [[30, 25, 17], [8, 8, 3], [1]]
