@@ -1,17 +1,20 @@
 """kNN: each document's top-k most similar documents (inner product of unit vectors = cosine).
 
 `auto` searches exactly (faiss IndexFlatIP) up to `EXACT_MAX_DOCS` documents and with an
-inverted-file index above (`ivf`), tuned in benchmarks/bench_knn.py:
+inverted-file index above (`ivf`); its settings come from one function, `ivf_settings(n, d)`,
+which the Ray engine uses too. Measured in benchmarks/bench_knn.py (BENCHMARKS.md):
 
-- `ivf` = IndexIVFScalarQuantizer, 8-bit codes: an IVF over float vectors (IndexIVFFlat)
-  reads 1.5 KB per candidate and is bound by memory bandwidth when every document is a
-  query (at 300k it was barely faster than exact search); 8-bit codes read a quarter of it.
-- n_lists = 4 sqrt(N) (2,191 at 300k), k-means on 32 points per list, 10 iterations: more
-  lists make each probe cheaper but the training and the coarse search dearer.
-- n_probe = n_lists / 48, at least 32: recall@10 hardly depends on n_lists at a given n_probe
-  (real all-MiniLM vectors of the Debian + Python corpora, 47k: 0.94 at 16, 0.96 at 32,
-  0.98 at 64 probes, n_lists 512..1024), so n_probe grows only slowly with the corpus.
-- the 8-bit codes pick RERANK_FACTOR x k candidates, whose similarities are then computed
+- `ivf` = IndexIVFPQFastScan: 4-bit product-quantizer codes of 4 dimensions each (48 bytes
+  per 384-d vector, by residual), scanned 32 at a time in SIMD registers. Every document is
+  a query, so the scan is most of the work: the 8-bit scalar codes used before took ~0.5 ms
+  per query at 1M (about 20 minutes on two cores), the 4-bit codes ~7x less.
+- lists = 2 sqrt(N) (2,000 at 1M): the coarse search (each document against every centroid,
+  once to file it and once to query) costs N x lists dot products, the dominant cost at 1M
+  with the 4 sqrt(N) lists used before; fewer lists make each probe read more codes, which
+  the fast scan affords.
+- k-means on 32 points per list, 10 iterations; nprobe = max(32, lists / 64): recall@10
+  depends mostly on nprobe (real all-MiniLM vectors, 47k: 0.94 at 16, 0.96 at 32 probes).
+- the codes pick RERANK_FACTOR x (k + 1) candidates, whose similarities are then computed
   exactly from the float vectors: the stored sims are exact (dedup thresholds and edge
   weights depend on them) and the codes' rounding no longer reorders near ties.
 """
