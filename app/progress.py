@@ -69,6 +69,8 @@ def progress_line(
     elapsed = now - status.get("started_at", now)
     text = f"{STAGE_WORDS.get(stage, stage)}{counter} · {elapsed:.0f} s"
     text += f" · about {left:.0f} s left" if left >= 1 else " · almost done"
+    if status.get("note"):  # the stage's own word: "loading model", its ETA
+        text += f" · {status['note']}"
     return fraction, text
 
 

@@ -1,78 +1,117 @@
-"""Embedding stage vs raw SentenceTransformer.encode on the same texts and settings.
+"""Embedding options side by side: throughput (docs/s) and ordering quality on both corpora.
 
-Both use the same loaded model (packaged all-MiniLM-L6-v2, CPU, max_seq_length 256, batch
-64, normalised float32 output). The stage is `stages.run_embed` on a workspace holding the
-texts (ingest excluded): it reads the texts from DuckDB, embeds those without a cached
-vector, writes the cache and the `embeddings` view. Runs alternate (raw, stage, raw, ...)
-and the best of each is kept, so that load from other processes hits both alike; the cache
-is emptied before each stage run. Target: stage throughput >= 0.9 x raw.
+For each corpus (the Python docs and the Debian descriptions; --docs takes a random subset of
+each, because the full model embeds 10-25 docs/s on two cores) and each embedding option:
+embed the texts (model loading timed apart), build the exact kNN graph (k = 10) from the
+option's vectors, order it with the default method (greedy-lk), and score the order with the
+*default model's* vectors: the mean cosine of adjacent documents divided by the 2-matching
+bound of the default model's own kNN graph (`metrics.path_upper_bounds`). So 100% of the
+full model's share means "orders as well as the full model", as judged by the full model.
+No dedup (the options would remove different documents).
 
-    python benchmarks/bench_embed.py            # 240 Python-doc sections, 2 runs each
+Options: `full` (all-MiniLM-L6-v2 at its 256 tokens), `full-128` / `full-64` (the same cut
+to the first 128 / 64 tokens, `--max-tokens`), `static` (`--model static`, model2vec
+distilled from the full model, PCA 256). Every option embeds the same texts in one run.
+
+    python benchmarks/bench_embed.py                      # 1,000 docs of each corpus, ~8 min
+    python benchmarks/bench_embed.py --docs 2000 --options full,static
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
-import tempfile
-from pathlib import Path
+import time
 
 import numpy as np
-from _bench_util import CORPORA, CORPUS_FILES, machine, timed
+from _bench_util import CORPORA, CORPUS_FILES, machine
 
-from icp_core import embed, pipeline, stages
-from icp_core.params import Params
-from icp_core.workspace import Workspace
+from icp_core import embed, knn, metrics, traverse
+from icp_core.params import DEFAULT_ORDER
+
+K = 10
+OPTIONS = {
+    "full": (None, None),
+    "full-128": (None, 128),
+    "full-64": (None, 64),
+    "static": ("static", None),
+}
+
+
+def read_texts(name: str, n: int, seed: int = 0) -> list[str]:
+    path = CORPORA / CORPUS_FILES[name]
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt") as handle:
+        texts = [json.loads(line)["text"] for line in handle]
+    if n and n < len(texts):
+        pick = np.sort(np.random.default_rng(seed).choice(len(texts), n, replace=False))
+        texts = [texts[i] for i in pick]
+    return texts
+
+
+def embed_with(option: str, texts: list[str]) -> tuple[np.ndarray, float, float, float]:
+    model_name, max_tokens = OPTIONS[option]
+    started = time.perf_counter()
+    model = embed.load_model(str(embed.resolve_model_path(model_name)), "cpu", max_tokens)
+    model.encode(texts[:4], batch_size=4)  # first-call set-up off the clock
+    loaded = time.perf_counter() - started
+    order = np.argsort([-len(t) for t in texts], kind="stable")  # as the stage does
+    started, cpu = time.perf_counter(), time.process_time()
+    vectors = embed.embed_texts(model, [texts[i] for i in order], batch_size=64)
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+    out = np.empty_like(vectors)
+    out[order] = vectors
+    return out, seconds, loaded, cpu
+
+
+def ordering_share(vectors: np.ndarray, reference: np.ndarray, bound: float) -> float:
+    ids, sims = knn.knn_search(vectors, K, index="flat")
+    order = traverse.traverse(ids, sims, DEFAULT_ORDER)
+    adjacent = np.einsum("nd,nd->n", reference[order[:-1]], reference[order[1:]]).mean()
+    return float(adjacent / bound)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=240)
-    parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--corpus", type=Path, default=CORPORA / CORPUS_FILES["pydocs"])
+    parser.add_argument("--docs", type=int, default=1000, help="random subset per corpus")
+    parser.add_argument("--options", default=",".join(OPTIONS))
+    parser.add_argument("--corpus", action="append", choices=sorted(CORPUS_FILES))
     args = parser.parse_args()
+    options = args.options.split(",")
     print(f"machine: {machine()}")
-    lines = args.corpus.read_text().splitlines()[: args.docs]
-    texts = [json.loads(line)["text"] for line in lines]
-    params = Params(device="cpu", batch_size=64)
-    model = embed.load_model(str(embed.resolve_model_path(None)), "cpu", None)
-    model.encode(texts[:8], batch_size=8)  # first-call set-up off the clock
-
-    def raw() -> np.ndarray:
-        return model.encode(
-            texts,
-            batch_size=params.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
+    for name in args.corpus or ["pydocs", "debian"]:
+        texts = read_texts(name, args.docs)
+        chars = np.mean([len(t) for t in texts])
+        print(f"\n{name}: {len(texts):,} documents (mean {chars:.0f} characters), k = {K}")
+        results = {}
+        for option in ["full"] + [o for o in options if o != "full"]:
+            results[option] = embed_with(option, texts)
+            seconds, cpu = results[option][1], results[option][3]
+            print(f"  embedded with {option}: {seconds:.1f} s wall, {cpu:.1f} s CPU", flush=True)
+        reference = results["full"][0]
+        ids, sims = knn.knn_search(reference, K, index="flat")
+        bound = metrics.path_upper_bounds(ids, sims)["two_matching_bound"]
+        full_share = ordering_share(reference, reference, bound)
+        print(f"  2-matching bound (full model's graph): {bound:.4f}")
+        print(
+            "| option | docs/s | x full | docs/CPU-s | x full (CPU) | load s | share of bound "
+            "| of full's share |"
         )
-
-    with tempfile.TemporaryDirectory() as folder:
-        corpus = Path(folder) / "docs.jsonl"
-        corpus.write_text("\n".join(lines) + "\n")
-        with Workspace(Path(folder) / "ws.duckdb") as ws:
-            pipeline.ingest(ws, [str(corpus)], params)
-
-            def stage() -> dict:
-                ws.execute("DELETE FROM embedding_cache")
-                return stages.run_embed(ws, params)
-
-            raw_times, stage_times = [], []
-            for _ in range(args.runs):
-                raw_vectors, raw_time = timed(raw)
-                counts, stage_time = timed(stage)
-                raw_times.append(raw_time["wall_min"])
-                stage_times.append(stage_time["wall_min"])
-            stored = stages.read_vectors(ws)
-    assert counts["embedded"] == len(texts)
-    difference = float(np.abs(stored - raw_vectors).max())  # documents are in file order
-    best_raw, best_stage = min(raw_times), min(stage_times)
-    n = len(texts)
-    print(f"{n} documents (Python docs), max_seq_length {model.max_seq_length}, batch 64, CPU")
-    print(f"raw encode:  {best_raw:.2f}s = {n / best_raw:.1f} docs/s  (runs: {raw_times})")
-    print(f"embed stage: {best_stage:.2f}s = {n / best_stage:.1f} docs/s  (runs: {stage_times})")
-    print(f"stage / raw throughput: {best_raw / best_stage:.3f} (target >= 0.9)")
-    print(f"largest |stage - raw| vector difference: {difference:.2e}")
+        print("|---|---|---|---|---|---|---|---|")
+        full_rate = len(texts) / results["full"][1]
+        full_cpu_rate = len(texts) / results["full"][3]
+        for option in ["full"] + [o for o in options if o != "full"]:
+            vectors, seconds, loaded, cpu = results[option]
+            share = ordering_share(vectors, reference, bound)
+            rate, cpu_rate = len(texts) / seconds, len(texts) / cpu
+            print(
+                f"| {option} | {rate:,.0f} | {rate / full_rate:.1f}x | {cpu_rate:,.0f} | "
+                f"{cpu_rate / full_cpu_rate:.1f}x | {loaded:.1f} | "
+                f"{share:.1%} | {share / full_share:.1%} |",
+                flush=True,
+            )
+        print(f"  load average now {machine().split('load average ')[1].split(', Python')[0]}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,10 @@ TextFieldOpt = Annotated[str | None, typer.Option(help="Field holding the text [
 IdFieldOpt = Annotated[str | None, typer.Option(help="Field holding the id [id; else file:line].")]
 ModelOpt = Annotated[
     str | None,
-    typer.Option(help="Local sentence-transformers folder [packaged all-MiniLM-L6-v2]."),
+    typer.Option(
+        help="Local sentence-transformers or model2vec folder, or 'static' (fast path, "
+        "distilled from the default once) [packaged all-MiniLM-L6-v2]."
+    ),
 ]
 MaxTokensOpt = Annotated[int | None, typer.Option(help="Embed the first N tokens [model limit].")]
 BatchOpt = Annotated[int | None, typer.Option(help="Texts per embedding batch [64].")]
@@ -114,6 +117,12 @@ def _progress_factory():
             if done >= total:
                 bar.close()
 
+        def note(text: str) -> None:  # a phase ("loading model") or an ETA, see embed.note
+            bar = bars.get(stage)
+            if bar is not None and not bar.disable:
+                bar.set_postfix_str(text, refresh=True)
+
+        report.note = note  # type: ignore[attr-defined]
         return report
 
     return factory

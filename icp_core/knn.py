@@ -1,17 +1,20 @@
 """kNN: each document's top-k most similar documents (inner product of unit vectors = cosine).
 
 `auto` searches exactly (faiss IndexFlatIP) up to `EXACT_MAX_DOCS` documents and with an
-inverted-file index above (`ivf`), tuned in benchmarks/bench_knn.py:
+inverted-file index above (`ivf`); its settings come from one function, `ivf_settings(n, d)`,
+which the Ray engine uses too. Measured in benchmarks/bench_knn.py (BENCHMARKS.md):
 
-- `ivf` = IndexIVFScalarQuantizer, 8-bit codes: an IVF over float vectors (IndexIVFFlat)
-  reads 1.5 KB per candidate and is bound by memory bandwidth when every document is a
-  query (at 300k it was barely faster than exact search); 8-bit codes read a quarter of it.
-- n_lists = 4 sqrt(N) (2,191 at 300k), k-means on 32 points per list, 10 iterations: more
-  lists make each probe cheaper but the training and the coarse search dearer.
-- n_probe = n_lists / 48, at least 32: recall@10 hardly depends on n_lists at a given n_probe
-  (real all-MiniLM vectors of the Debian + Python corpora, 47k: 0.94 at 16, 0.96 at 32,
-  0.98 at 64 probes, n_lists 512..1024), so n_probe grows only slowly with the corpus.
-- the 8-bit codes pick RERANK_FACTOR x k candidates, whose similarities are then computed
+- `ivf` = IndexIVFPQFastScan: 4-bit product-quantizer codes of 4 dimensions each (48 bytes
+  per 384-d vector, by residual), scanned 32 at a time in SIMD registers. Every document is
+  a query, so the scan is most of the work: the 8-bit scalar codes used before took ~0.5 ms
+  per query at 1M (about 20 minutes on two cores), the 4-bit codes ~7x less.
+- lists = 2 sqrt(N) (2,000 at 1M): the coarse search (each document against every centroid,
+  once to file it and once to query) costs N x lists dot products, the dominant cost at 1M
+  with the 4 sqrt(N) lists used before; fewer lists make each probe read more codes, which
+  the fast scan affords.
+- k-means on 32 points per list, 10 iterations; nprobe = max(32, lists / 64): recall@10
+  depends mostly on nprobe (real all-MiniLM vectors, 47k: 0.94 at 16, 0.96 at 32 probes).
+- the codes pick RERANK_FACTOR x (k + 1) candidates, whose similarities are then computed
   exactly from the float vectors: the stored sims are exact (dedup thresholds and edge
   weights depend on them) and the codes' rounding no longer reorders near ties.
 """
@@ -22,6 +25,8 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,7 +37,7 @@ log = logging.getLogger(__name__)
 INDEXES = ("auto", "flat", "ivf", "hnsw")
 EXACT_MAX_DOCS = 50_000
 IVF_MIN_PROBES = 32
-RERANK_FACTOR = 2
+RERANK_FACTOR = 6
 _QUERY_BATCH = 8192
 _RERANK_BATCH = 1024
 
@@ -57,34 +62,65 @@ def resolve_index(index: str, n_docs: int) -> str:
     return "flat" if n_docs <= EXACT_MAX_DOCS else "ivf"
 
 
+@dataclass(frozen=True)
+class IvfSettings:
+    """How the `ivf` index is built and searched for one corpus (see `ivf_settings`)."""
+
+    lists: int  # inverted lists (k-means centroids)
+    train_points: int  # vectors sampled to train the centroids and the 4-bit codes
+    nprobe: int  # lists searched per query
+    candidates_per_k: int  # candidates per wanted neighbour, re-ranked exactly
+
+
+def ivf_settings(n_docs: int, dim: int) -> IvfSettings:
+    """The `ivf` index's settings for n_docs vectors of dimension dim: the one place that
+    decides them, for the single-machine kNN and the Ray engine alike (see the module
+    docstring for the measurements behind each number)."""
+    del dim  # measured at 384; the settings do not depend on it there
+    lists = max(1, min(int(2 * math.sqrt(n_docs)), n_docs // 39))
+    train_points = min(n_docs, max(32 * lists, 10_000))
+    nprobe = min(lists, max(IVF_MIN_PROBES, lists // 64))
+    return IvfSettings(lists, train_points, nprobe, RERANK_FACTOR)
+
+
 def ivf_lists(n_docs: int) -> int:
-    """Inverted lists of the `ivf` index for a corpus of n_docs (about 4 sqrt(N))."""
-    return max(1, min(int(4 * math.sqrt(n_docs)), n_docs // 39))
+    """Inverted lists of the `ivf` index for a corpus of n_docs (see `ivf_settings`)."""
+    return ivf_settings(n_docs, 384).lists
 
 
-def _build_index(vectors: np.ndarray, kind: str, seed: int):
+def _build_index(vectors: np.ndarray, kind: str) -> Any:
     import faiss
 
-    n_docs, dim = vectors.shape
+    dim = vectors.shape[1]
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
-    elif kind == "hnsw":
+    else:  # hnsw
         index = faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 80
         index.hnsw.efSearch = 128
-    else:
-        n_lists = ivf_lists(n_docs)
-        quantizer = faiss.IndexFlatIP(dim)
-        index = faiss.IndexIVFScalarQuantizer(
-            quantizer, dim, n_lists, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
-        )
-        index.cp.niter = 10
-        index.cp.min_points_per_centroid = 16  # the sample below is enough; no faiss warning
-        rng = np.random.default_rng(seed)
-        sample_size = min(n_docs, 32 * n_lists)
-        sample = vectors[np.sort(rng.choice(n_docs, sample_size, replace=False))]
-        index.train(sample)
-        index.nprobe = min(n_lists, max(IVF_MIN_PROBES, n_lists // 48))
+    index.add(vectors)
+    return index
+
+
+def _build_ivf(vectors: np.ndarray, seed: int) -> Any:
+    """An IVF index of 4-bit fast-scan PQ codes (by residual) over `vectors`."""
+    import faiss
+
+    n_docs, dim = vectors.shape
+    settings = ivf_settings(n_docs, dim)
+    quantizer = faiss.IndexFlatIP(dim)
+    # 4 dimensions per 4-bit code at 384 (96 codes, 48 bytes); 2 below 128 dimensions
+    per_code = 4 if dim >= 128 else 2
+    sub_quantizers = next(m for m in (dim // per_code, dim // 2, dim) if m and dim % m == 0)
+    index = faiss.IndexIVFPQFastScan(
+        quantizer, dim, settings.lists, sub_quantizers, 4, faiss.METRIC_INNER_PRODUCT
+    )
+    index.cp.niter = 10
+    index.cp.min_points_per_centroid = 16  # the sample below is enough; no faiss warning
+    rng = np.random.default_rng(seed)
+    sample = vectors[np.sort(rng.choice(n_docs, settings.train_points, replace=False))]
+    index.train(sample)
+    index.nprobe = settings.nprobe
     index.add(vectors)
     return index
 
@@ -133,9 +169,13 @@ def knn_search(
         raise IcpError("vectors hold NaN or inf; re-embed or fix the imported vectors")
     kind = resolve_index(index, n_docs)
     started = time.perf_counter()
-    faiss_index = _build_index(vectors, kind, seed)
     searched = min(k, n_docs - 1) + 1  # one extra column for the document itself
-    candidates = min(searched * RERANK_FACTOR, n_docs) if kind == "ivf" else searched
+    if kind == "ivf":
+        faiss_index = _build_ivf(vectors, seed)
+        candidates = min(searched * RERANK_FACTOR, n_docs)
+    else:
+        faiss_index = _build_index(vectors, kind)
+        candidates = searched
     for start in range(0, n_docs, _QUERY_BATCH):
         stop = min(start + _QUERY_BATCH, n_docs)
         found_sims, found_ids = faiss_index.search(vectors[start:stop], candidates)

@@ -259,12 +259,18 @@ class _JobReporter:
 
     def __call__(self, stage: str) -> Report:
         self.status.update(stage=stage, done=0, total=0)
+        self.status.pop("note", None)
         self.write(force=True)
 
         def report(done: int, total: int) -> None:
             self.status.update(done=int(done), total=int(total))
             self.write(force=done >= total)
 
+        def note(text: str) -> None:  # a phase or an ETA (see embed.note)
+            self.status["note"] = text
+            self.write()
+
+        report.note = note  # type: ignore[attr-defined]
         return report
 
 

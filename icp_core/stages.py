@@ -365,19 +365,18 @@ def _embed_missing(ws: Workspace, params: Params, key: str, report: Report) -> i
     if total == 0:
         return 0
     model_path = embed.resolve_model_path(params.model)
-    model = embed.load_model(str(model_path), params.device, params.max_tokens)
     hashes = missing.column("text_hash").to_pylist()
     texts = missing.column("text").to_pylist()
+    max_tokens = params.max_tokens or embed.model_max_tokens(model_path)
+    # the bar shows at once (loading the model is its own phase) and counts every batch
+    progress = embed.EmbedProgress(report, embed.estimated_tokens(texts, max_tokens))
+    progress.loading()
+    model = embed.load_model(str(model_path), params.device, params.max_tokens)
     # one committed insert per checkpoint: an interrupted run keeps every finished chunk
     checkpoint = params.batch_size * EMBED_CHECKPOINT_BATCHES
     for start in range(0, total, checkpoint):
         stop = min(start + checkpoint, total)
-        vectors = embed.embed_texts(
-            model,
-            texts[start:stop],
-            params.batch_size,
-            report=lambda done, _t, s=start: report(s + done, total),
-        )
+        vectors = embed.embed_texts(model, texts[start:stop], params.batch_size, progress=progress)
         _append_cache(ws, key, hashes[start:stop], vectors)
     return total
 

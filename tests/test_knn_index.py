@@ -18,8 +18,24 @@ def clustered_vectors(n: int, d: int = 32, seed: int = 0) -> np.ndarray:
 def test_auto_switches_to_ivf_above_the_exact_limit() -> None:
     assert knn.resolve_index("auto", knn.EXACT_MAX_DOCS) == "flat"
     assert knn.resolve_index("auto", knn.EXACT_MAX_DOCS + 1) == "ivf"
-    assert knn.ivf_lists(300_000) == int(4 * np.sqrt(300_000))
     assert knn.ivf_lists(1_000) == 1_000 // 39  # small corpora: enough points per list
+
+
+@pytest.mark.parametrize("n_docs", [60_000, 300_000, 1_000_000, 10_000_000])
+def test_ivf_settings_are_one_consistent_choice(n_docs: int) -> None:
+    settings = knn.ivf_settings(n_docs, 384)
+    assert settings.lists == knn.ivf_lists(n_docs) == int(2 * np.sqrt(n_docs))
+    assert 32 * settings.lists <= settings.train_points <= n_docs  # 32 points per centroid
+    assert knn.IVF_MIN_PROBES <= settings.nprobe <= settings.lists
+    assert settings.candidates_per_k == knn.RERANK_FACTOR
+    # the scan stays sub-linear: each query reads a shrinking share of the corpus
+    assert settings.nprobe / settings.lists <= 0.06 or settings.nprobe == knn.IVF_MIN_PROBES
+
+
+def test_ivf_settings_grow_slowly_with_the_corpus() -> None:
+    small, large = knn.ivf_settings(100_000, 384), knn.ivf_settings(1_000_000, 384)
+    assert small.lists < large.lists and small.nprobe <= large.nprobe
+    assert knn.ivf_settings(1_000, 384).lists == 1_000 // 39
 
 
 @pytest.mark.parametrize("k", [1, 10, 40])

@@ -1,0 +1,142 @@
+"""The fast embedding path: a static (model2vec) model distilled from the packaged model.
+
+`--model static` embeds each document as the mean of per-token vectors looked up in a table
+(no transformer pass), so it runs hundreds of times faster than all-MiniLM-L6-v2 on a CPU.
+The table is distilled offline from the packaged all-MiniLM-L6-v2 with `model2vec.distill`
+(each vocabulary token run through the full model once, PCA to `STATIC_PCA_DIMS`) the first
+time it is used, and kept in `~/.cache/icp-workbench/static-<hash>/` (`ICP_CACHE_DIR`
+elsewhere): minutes on a laptop CPU, once. Nothing is downloaded. A saved model2vec folder
+(`config.json` with `"model_type": "model2vec"`) can be passed to `--model` as well.
+
+What it costs in quality is measured in BENCHMARKS.md ("A million documents without a GPU").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from icp_core.errors import IcpError
+
+log = logging.getLogger(__name__)
+
+STATIC_MODEL = "static"
+STATIC_PCA_DIMS = 256
+# What the static model's documents are cut to, in tokens (the lookup is cheap per token;
+# long texts average more words, which helps a bag of words).
+STATIC_MAX_TOKENS = 512
+
+
+def cache_root() -> Path:
+    """Where distilled models are kept: $ICP_CACHE_DIR or ~/.cache/icp-workbench."""
+    return Path(os.environ.get("ICP_CACHE_DIR") or Path.home() / ".cache" / "icp-workbench")
+
+
+def is_static_folder(path: Path) -> bool:
+    """True for a saved model2vec folder."""
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("model_type") == "model2vec"
+
+
+def _source_digest(source: Path, pca_dims: int | None, vocabulary: Sequence[str] | None) -> str:
+    from icp_core.embed import model_key
+
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(model_key(str(source), None).encode())
+    digest.update(f"pca={pca_dims}".encode())
+    if vocabulary:
+        digest.update("\n".join(vocabulary).encode())
+    return digest.hexdigest()
+
+
+def static_model_path(
+    source: Path,
+    pca_dims: int | None = STATIC_PCA_DIMS,
+    vocabulary: Sequence[str] | None = None,
+    build: bool = True,
+) -> Path:
+    """The folder of the static model distilled from `source` (a sentence-transformers folder),
+    distilling it first when it is not cached yet (unless build=False)."""
+    target = cache_root() / f"static-{_source_digest(source, pca_dims, vocabulary)}"
+    if is_static_folder(target) or not build:
+        return target
+    distil(source, target, pca_dims, vocabulary)
+    return target
+
+
+def distil(
+    source: Path, target: Path, pca_dims: int | None, vocabulary: Sequence[str] | None = None
+) -> None:
+    """Distil a static model from a local sentence-transformers folder into `target`, offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from model2vec.distill import distill
+    except ImportError:
+        raise IcpError(
+            "--model static needs model2vec with its distill extra: "
+            "pip install 'model2vec[distill]'"
+        ) from None
+    print(
+        f"distilling a static model from {source} into {target} "
+        "(once; a few minutes on a CPU, cached for later runs)",
+        file=sys.stderr,
+        flush=True,
+    )
+    model = distill(
+        str(source), vocabulary=list(vocabulary) if vocabulary else None, pca_dims=pca_dims
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=".static-", dir=target.parent))
+    try:
+        model.save_pretrained(str(partial))
+        os.replace(partial, target)  # atomic: a half-written model is never picked up
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+class StaticEncoder:
+    """A model2vec StaticModel behind the small interface `embed.embed_texts` uses."""
+
+    def __init__(self, path: Path, max_tokens: int | None = None):
+        from model2vec import StaticModel
+
+        self.path = Path(path)
+        self.model = StaticModel.from_pretrained(str(path), force_download=False)
+        self.max_seq_length = max_tokens or STATIC_MAX_TOKENS
+        # one call embeds thousands of texts in well under a second: report every 2,048
+        self.preferred_batch = 2048
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return int(self.model.dim)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 2048, **_: Any) -> np.ndarray:
+        vectors = self.model.encode(
+            list(texts),
+            max_length=self.max_seq_length,
+            batch_size=max(batch_size, 1024),
+            use_multiprocessing=False,
+        )
+        vectors = np.asarray(vectors, dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.maximum(norms, np.float32(1e-12))
+
+
+def load_static(path: Path, max_tokens: int | None = None) -> StaticEncoder:
+    try:
+        return StaticEncoder(path, max_tokens)
+    except ImportError:
+        raise IcpError("--model static needs model2vec: pip install 'model2vec[distill]'") from None

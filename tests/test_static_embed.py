@@ -1,0 +1,75 @@
+"""The fast path: `--model static` and model2vec folders, through the real model2vec code.
+
+The distilled model is built from the packaged model once per machine (minutes), so the
+fast tests use a model2vec folder made from the packaged tokenizer with small random token
+vectors; the slow test distils for real (skipped when the cache holds no distilled model
+and the run excludes slow tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from icp_core import embed, pipeline, stages, static_embed
+from icp_core.params import Params
+from icp_core.workspace import Workspace
+
+
+@pytest.fixture(scope="module")
+def tiny_static(tmp_path_factory):
+    from model2vec import StaticModel
+    from tokenizers import Tokenizer
+
+    source = embed.resolve_model_path(None)
+    tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(tokenizer.get_vocab_size(), 16)).astype(np.float32)
+    folder = tmp_path_factory.mktemp("static") / "tiny-m2v"
+    config = {"model_type": "model2vec", "normalize": True}
+    StaticModel(vectors, tokenizer, config=config).save_pretrained(str(folder))
+    return folder
+
+
+def test_a_model2vec_folder_is_recognised_and_embeds_unit_vectors(tiny_static):
+    assert static_embed.is_static_folder(tiny_static)
+    assert not static_embed.is_static_folder(embed.resolve_model_path(None))
+    assert embed.resolve_model_path(str(tiny_static)) == tiny_static
+    assert embed.model_max_tokens(tiny_static) == static_embed.STATIC_MAX_TOKENS
+    model = embed.load_model(str(tiny_static), "cpu", None)
+    texts = ["the cat sat", "the cat sat", "galaxies and telescopes", ""]
+    vectors = embed.embed_texts(model, texts)
+    assert vectors.shape == (4, 16)
+    np.testing.assert_allclose(np.linalg.norm(vectors[:3], axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(vectors[0], vectors[1])
+    assert np.isfinite(vectors).all()
+
+
+def test_the_embed_stage_runs_with_a_static_folder(tiny_jsonl, tmp_path, tiny_static):
+    params = Params(k=3, model=str(tiny_static))
+    with Workspace(tmp_path / "w.duckdb") as ws:
+        pipeline.ingest(ws, [str(tiny_jsonl)], params)
+        outcome = pipeline.run(ws, params, until="knn")
+        assert stages.read_vectors(ws).shape == (18, 16)
+        assert outcome[-2].counts["embedded"] == 18
+        assert outcome[-2].counts["max_tokens"] == static_embed.STATIC_MAX_TOKENS
+        assert "tiny-m2v" in outcome[-2].counts["model_key"]
+
+
+def test_static_resolves_to_the_cache_folder_named_by_its_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("ICP_CACHE_DIR", str(tmp_path))
+    source = embed.resolve_model_path(None)
+    first = static_embed.static_model_path(source, build=False)
+    assert first.parent == tmp_path and first.name.startswith("static-")
+    assert static_embed.static_model_path(source, pca_dims=64, build=False) != first
+    assert static_embed.static_model_path(source, vocabulary=["x"], build=False) != first
+
+
+@pytest.mark.slow
+def test_real_distilled_model_puts_related_texts_closer():
+    # distils into the user's cache at first use (minutes), later runs reuse it
+    model = embed.load_model(str(embed.resolve_model_path("static")), "cpu", None)
+    vectors = embed.embed_texts(
+        model, ["Bake the bread in a hot oven.", "Put the loaf in the oven to bake.", "Galaxies"]
+    )
+    assert vectors.shape[1] == static_embed.STATIC_PCA_DIMS
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
