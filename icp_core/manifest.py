@@ -13,11 +13,13 @@ import platform
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from icp_core import __version__, embed
 from icp_core.params import Params
-from icp_core.tokenizer import LMTokenizer
+
+if TYPE_CHECKING:
+    from icp_core.tokenizer import LMTokenizer
 
 SCHEMA_VERSION = 2
 MANIFEST = "manifest.json"

@@ -18,7 +18,6 @@ and padding the packer puts there.
 from __future__ import annotations
 
 import base64
-import hashlib
 import importlib.metadata
 import json
 from abc import ABC, abstractmethod
@@ -32,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from icp_core.errors import IcpError
+from icp_core.manifest import sha256_file
 
 DEFAULT_TOKENIZER = "mistral-tekken"
 # Separator candidates for a tokenizer.json, most LM-like first: the first one it knows is
@@ -499,14 +499,6 @@ def list_builtins() -> list[dict[str, str]]:
     return rows
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def resolve(spec: str | None) -> tuple[str, Path]:
     """(name, file) for a --tokenizer value: None (the default), a built-in name, or a path
     to a tokenizer.json (or the folder holding one), a SentencePiece .model, a .tiktoken
@@ -540,7 +532,7 @@ def load(spec: str | None) -> LMTokenizer:
 @lru_cache(maxsize=4)
 def _load_file(name: str, path_text: str, size: int, mtime_ns: int) -> LMTokenizer:
     path = Path(path_text)
-    sha256 = _sha256(path)
+    sha256 = sha256_file(path)
     if name in BUILTINS:
         builtin = BUILTINS[name]
         version = importlib.metadata.version(builtin.package)

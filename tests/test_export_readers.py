@@ -25,6 +25,7 @@ from icp_core.params import Params
 from icp_core.replay import replay
 from icp_core.workspace import Workspace
 from tests.conftest import TINY_PARAMS, tiny_rows, write_jsonl
+from tests.test_export import kept_texts
 
 L = 32
 COLUMNS = {
@@ -81,14 +82,6 @@ def build(folder: Path, rows: list[dict], params: Params, copies: dict[int, int]
 def export(ws_path: Path, params: Params, out: Path, fmt: str, **kwargs) -> dict:
     with Workspace(ws_path) as ws:
         return export_contexts(ws, params, out, fmt, **kwargs)
-
-
-def kept_texts(ws_path: Path) -> dict[str, str]:
-    with Workspace(ws_path, read_only=True) as ws:
-        rows = ws.arrow(
-            "SELECT d.id, d.text FROM ordering o JOIN documents d USING (doc)"
-        ).to_pylist()
-    return {row["id"]: row["text"] for row in rows}
 
 
 def main_rows() -> list[dict]:
