@@ -721,8 +721,8 @@ def resolved_parameters(ws: Workspace, params: Params) -> dict[str, Any]:
     resolved = params.to_dict()
     embed_counts = (ws.stage_state("embed") or {}).get("counts") or {}
     knn_counts = (ws.stage_state("knn") or {}).get("counts") or {}
-    # with imported vectors no model ran: no device
-    resolved["device"] = None if params.vectors else embed_counts.get("device") or params.device
+    # the device that embedded; None when no model ran (imported or cached vectors)
+    resolved["device"] = None if params.vectors else embed_counts.get("device")
     resolved["index"] = knn_counts.get("index") or params.index
     name, path = tokenizer.resolve(params.tokenizer)
     resolved["tokenizer"] = name if name in tokenizer.BUILTINS else str(path)

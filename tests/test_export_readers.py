@@ -521,14 +521,25 @@ def test_manifest_records_tokenizer_versions_inputs_and_files(main, fmt):
 
 
 @pytest.mark.model
-def test_manifest_resolves_index_and_device_with_a_model(tiny_workspace_template, tmp_path):
-    out = tmp_path / "out"
-    with Workspace(tiny_workspace_template, read_only=True) as ws:
-        manifest = export_contexts(ws, TINY_PARAMS, out, "parquet")
-    check_manifest(out, manifest)
-    assert manifest["parameters"]["index"] not in ("auto", None)
-    assert manifest["parameters"]["device"] not in ("auto", None)
+def test_manifest_resolves_index_and_device_with_a_model(tiny_jsonl, tmp_path):
+    path = tmp_path / "ws.duckdb"
+    with Workspace(path) as ws:  # embedded here (no seeded vectors): the model runs
+        pipeline.ingest(ws, [str(tiny_jsonl)], TINY_PARAMS)
+        pipeline.run(ws, TINY_PARAMS)
+        manifest = export_contexts(ws, TINY_PARAMS, tmp_path / "out", "parquet")
+    check_manifest(tmp_path / "out", manifest)
+    assert manifest["parameters"]["index"] == "flat"
+    assert manifest["parameters"]["device"] == "cpu"
     assert manifest["model"]["name"] and manifest["model"]["source"]
+
+
+def test_manifest_device_is_null_when_every_vector_came_from_the_cache(
+    tiny_workspace_template, tmp_path
+):
+    """The tiny workspace's vectors are seeded into its cache: no model ran, no device."""
+    with Workspace(tiny_workspace_template, read_only=True) as ws:
+        manifest = export_contexts(ws, TINY_PARAMS, tmp_path / "out", "parquet")
+    assert manifest["parameters"]["device"] is None
 
 
 def test_manifest_device_is_null_with_vectors(main):

@@ -1443,7 +1443,7 @@ def _manifest(
     name, path = tokenizer.resolve(params.tokenizer)
     resolved.update(
         index=knn_counts["index"],
-        device=None if params.vectors else embed_counts.get("device") or params.device,
+        device=None if params.vectors else embed_counts.get("device"),
         tokenizer=name if name in tokenizer.BUILTINS else str(path),
     )
     cpus, gpus = _cluster_cpus_gpus()
