@@ -31,6 +31,7 @@ import logging
 import math
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -659,7 +660,6 @@ def _search_task(
         "dup_doc": doc[rows],
         "dup_neighbor": head_ids[rows, cols],
         "dup_sim": head_sims[rows, cols],
-        "vector_sum": vectors.astype(np.float64).sum(axis=0),
     }
     return table, summary
 
@@ -760,7 +760,6 @@ class Removed:
     sim: np.ndarray
     ids: list[str]
     kept_ids: list[str]
-    vector_sum: np.ndarray
 
 
 @ray.remote
@@ -773,10 +772,7 @@ def _take_docs(table: pa.Table, docs: np.ndarray) -> pa.Table:
 def dedup_stage(searched: list[Searched], params: Params, n_docs: int) -> Removed:
     """Group the near-duplicate pairs with `dedup.find_duplicates` over just the documents
     that have one; every group keeps its earliest document, as in the local engine."""
-    dim = len(searched[0].summary["vector_sum"])
-    empty = Removed(
-        np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), [], [], np.zeros(dim)
-    )
+    empty = Removed(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), [], [])
     first = np.concatenate([s.summary["dup_doc"] for s in searched]).astype(np.int64)
     second = np.concatenate([s.summary["dup_neighbor"] for s in searched]).astype(np.int64)
     pair_sims = np.concatenate([s.summary["dup_sim"] for s in searched]).astype(np.float32)
@@ -814,7 +810,6 @@ def dedup_stage(searched: list[Searched], params: Params, n_docs: int) -> Remove
         sim,
         ids[at].tolist(),
         ids[kept_at].tolist(),
-        vectors[at].astype(np.float64).sum(axis=0),
     )
 
 
@@ -994,21 +989,43 @@ def _rows_for(table: pa.Table, docs: np.ndarray) -> pa.Table:
     return table.take(pa.array(by_doc[np.searchsorted(found[by_doc], docs)]))
 
 
-@ray.remote(num_returns=2)
+@ray.remote
+def _count_words_task(path: pa.Table, *content: pa.Table) -> Counter:
+    """`metrics.word_counts` of the documents on one partition's path (the kept ones)."""
+    table = pa.concat_tables(content)
+    rows = table.filter(pa.array(np.isin(_column(table, "doc"), _column(path, "doc"))))
+    return metrics.word_counts(rows.column("text").to_pylist())
+
+
+def _random_bucket(doc: np.ndarray, seed: int, n_buckets: int) -> np.ndarray:
+    """The random-baseline bucket of each document: a seeded hash, so buckets mix partitions."""
+    if n_buckets == 1:
+        return np.zeros(len(doc), dtype=np.int64)
+    mixed = (doc.astype(np.uint64) + np.uint64(seed)) * np.uint64(0x9E3779B97F4A7C15)
+    mixed ^= mixed >> np.uint64(31)
+    return (mixed % np.uint64(n_buckets)).astype(np.int64)
+
+
 def _pack_task(
     path: pa.Table,
     segments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     home: int,
     params: Params,
     label_field: str | None,
+    corpus_counts: Counter,
+    n_buckets: int,
     n_content: int,
     *parts: pa.Table,
-) -> tuple[pa.Table, dict[str, Any]]:
+) -> tuple:
     """Lay out the chains, count tokens, pack, measure, and render the context rows.
 
     `segments`: (origin, start, length, reverse) of this partition's chains in final order.
+    `corpus_counts`: the corpus-wide word counts (context_cache_gain's unigram model).
     `parts`: this partition's `n_content` content tables, then the rows each partition that
     sends segments here picked for it (`_pick_task`), senders in ascending order.
+
+    Returns the context rows, a summary, then `n_buckets` tables of what the random baseline
+    measures about this partition's documents (`_random_task`), one per bucket.
     """
     received = parts[n_content:]
     rows = partition.assembly(*segments, home, path.num_rows)
@@ -1042,16 +1059,15 @@ def _pack_task(
         filled = table.column("label").fill_null("\0missing")
         labels = np.asarray(filled.to_pylist(), dtype=object)[by_doc]
     sorted_texts = [texts[i] for i in by_doc]
-    measured = metrics.packing_metrics(
+    measured, weights = metrics.packing_terms(
         packing,
         vectors,
         doc_tokens,
         params.context_length,
         partition.localize(kept_ids, members),
         labels,
-        None,  # context_cache_gain needs the corpus-wide unigram model; see combine_metrics
+        metrics.word_ids(sorted_texts, corpus_counts=corpus_counts),
     )
-    pieces_per_context = np.bincount(packing.context, minlength=packing.n_contexts)
     filled = packing.context_tokens()
     summary = {
         # short contexts go last in the global order (a fixed-stride reader stays in step)
@@ -1061,7 +1077,7 @@ def _pack_task(
         "n_docs": len(members),
         "n_contexts": packing.n_contexts,
         "metrics": measured,
-        "n_multi_contexts": int((pieces_per_context >= 2).sum()),
+        "weights": weights,
         "every_doc_once": metrics.every_doc_once(
             packing, np.arange(len(members)), doc_tokens, len(sep_ids)
         ),
@@ -1098,7 +1114,52 @@ def _pack_task(
         {doc: sorted_texts[doc] for doc in split_docs},
         pa.array(ids[packing.doc].tolist(), pa.string()),
     )
-    return rows, summary
+    prefix = metrics.CACHE_MAX_WORDS * 64  # all that metrics.word_ids reads of a text
+    baseline = pa.table(
+        {
+            "doc": members,
+            "n_tokens": doc_tokens,
+            "label": pa.array(labels.tolist() if labels is not None else [None] * len(members)),
+            "vector": _fixed(vectors),
+            "kept_ids": _fixed(kept_ids),
+            "text": [text[:prefix] for text in sorted_texts],
+        }
+    )
+    bucket = _random_bucket(members, params.seed, n_buckets)
+    buckets = [baseline.filter(pa.array(bucket == b)) for b in range(n_buckets)]
+    return rows, summary, *buckets
+
+
+@ray.remote
+def _random_task(
+    params: Params,
+    corpus_counts: Counter,
+    sep_tokens: int,
+    has_labels: bool,
+    *parts: pa.Table,
+) -> tuple[dict[str, Any], dict[str, int]] | None:
+    """The random baseline over one bucket of kept documents: `stages.random_packing`'s
+    seeded order and packing, measured like the contexts (`metrics.packing_terms`)."""
+    table = pa.concat_tables(parts)
+    if not table.num_rows:
+        return None
+    table = table.take(pa.array(np.argsort(_column(table, "doc"), kind="stable")))
+    members = _column(table, "doc")
+    doc_tokens = _column(table, "n_tokens")
+    packing = stages.random_packing(np.arange(len(members)), doc_tokens, params, sep_tokens)
+    labels = np.asarray(table.column("label").to_pylist(), dtype=object) if has_labels else None
+    return metrics.packing_terms(
+        packing,
+        _matrix(table.column("vector"), np.float32),
+        doc_tokens,
+        params.context_length,
+        partition.localize(_matrix(table.column("kept_ids"), np.int64), members),
+        labels,
+        metrics.word_ids(table.column("text").to_pylist(), corpus_counts=corpus_counts),
+    )
+
+
+_pack_task_remote = ray.remote(_pack_task)
 
 
 @ray.remote
@@ -1124,11 +1185,15 @@ def pack_stage(
     staging: Path,
     options: RayOptions,
     report: Report,
-) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
-    """Pack every partition, shuffle context ids globally, write the context files.
+) -> tuple[list[str], list[dict[str, Any]], list[tuple], dict[str, Any]]:
+    """Pack every partition, shuffle context ids globally, write the context files, and
+    measure the random baseline: the kept documents in seeded random buckets (one per
+    PARTITION_DOCS, so one below that, the local engine's exact baseline), each packed in a
+    seeded random order.
 
     Returns:
-        The file names, the per-partition summaries and the stage counts.
+        The file names, the per-partition summaries, the random buckets' `packing_terms` and
+        the stage counts.
     """
     layout = ordered.stitching
     sent = layout.home != layout.origin
@@ -1147,15 +1212,26 @@ def pack_stage(
         picked.update(
             zip([(origin, h) for h in receivers], _refs(refs, len(receivers)), strict=True)
         )
-    homes = np.unique(
-        layout.home
-    ).tolist()  # a partition whose chains all went elsewhere packs none
+    # the corpus-wide unigram model of context_cache_gain: counts from the partitions, merged
+    corpus_counts: Counter = Counter()
+    for counted in _get(
+        [
+            _count_words_task.remote(path, *content)
+            for path, content in zip(ordered.paths, ordered.content, strict=True)
+        ]
+    ):
+        corpus_counts.update(counted)
+    counts_ref = ray.put(corpus_counts)
+    del corpus_counts
+    n_buckets = max(1, math.ceil(ordered.counts["ordered"] / PARTITION_DOCS))
+    # a partition whose chains all went elsewhere packs none
+    homes = np.unique(layout.home).tolist()
     tasks = []
     for home in homes:
         mine = layout.home == home
         senders = sorted(o for o, h in picked if h == home)
         tasks.append(
-            _pack_task.remote(
+            _pack_task_remote.options(num_returns=2 + n_buckets).remote(
                 ordered.paths[home],
                 (
                     layout.origin[mine],
@@ -1166,15 +1242,24 @@ def pack_stage(
                 home,
                 params,
                 label_field,
+                counts_ref,
+                n_buckets,
                 len(ordered.content[home]),
                 *ordered.content[home],
                 *[picked[(o, home)] for o in senders],
             )
         )
     summaries = []
-    for done, (_, summary_ref) in enumerate(tasks, start=1):
-        summaries.append(_get(summary_ref))
+    for done, task in enumerate(tasks, start=1):
+        summaries.append(_get(task[1]))
         report(done, len(tasks) + 1)
+    sep_tokens = len(stages.separator_for(params))
+    random_parts = [
+        _random_task.remote(
+            params, counts_ref, sep_tokens, label_field is not None, *[t[2 + b] for t in tasks]
+        )
+        for b in range(n_buckets)
+    ]
     n_contexts = sum(s["n_contexts"] for s in summaries)
     offsets = np.cumsum([0] + [s["n_contexts"] for s in summaries])
     new_ids = _global_context_ids(summaries, offsets, params)
@@ -1187,7 +1272,7 @@ def pack_stage(
             ),
             n_files,
         )
-        for p, (rows, _) in enumerate(tasks)
+        for p, (rows, *_) in enumerate(tasks)
     ]
     names = [f"train-{j:05d}-of-{n_files:05d}.parquet" for j in range(n_files)]
     (staging / export.DATA_FOLDER).mkdir()
@@ -1206,7 +1291,8 @@ def pack_stage(
         "pieces": int(sum(s["pieces"] for s in summaries)),
         "written_rows": int(sum(written)),
     }
-    return names, summaries, counts
+    random = [part for part in _get(random_parts) if part is not None]
+    return names, summaries, random, counts
 
 
 def _global_context_ids(
@@ -1231,63 +1317,43 @@ def _global_context_ids(
 # ---------------------------------------------------------------------------------------------
 
 
-def _weighted(summaries: list[dict[str, Any]], key: str, weight: str) -> float | None:
-    """Mean of a per-partition metric, weighted like the global mean it stands for."""
-    pairs = [
-        (s["metrics"][key], s[weight] if weight in s else s["metrics"][weight])
-        for s in summaries
-        if s["metrics"].get(key) is not None
-    ]
-    total = sum(w for _, w in pairs)
-    return sum(v * w for v, w in pairs) / total if total else None
-
-
 def combine_metrics(
     summaries: list[dict[str, Any]],
+    random_parts: list[tuple],
     corpus: Corpus,
-    removed: Removed,
-    vector_sum: np.ndarray,
+    n_removed: int,
     params: Params,
 ) -> dict[str, Any]:
-    """The metrics of DESIGN.md from the per-partition measurements.
-
-    Contexts never span partitions, so adjacent_sim_mean, label_agreement, jump_rate,
-    context_pairwise_sim_mean and token_efficiency are exact weighted means of the partitions'.
-    context_cache_gain is left out (None): it scores words against the corpus-wide unigram
-    model, which no partition holds; a partition's own model would flatter nothing and mislead.
-    random_adjacent_sim_mean is the
-    expected cosine of two distinct random kept documents, (|sum v|^2 - n) / (n (n - 1)), which
-    the local engine estimates by packing a random permutation.
-    """
+    """The metrics of DESIGN.md (the keys of `stages.compute_metrics`) from the partitions'
+    and the random buckets' `metrics.packing_terms`: contexts never span partitions (nor
+    buckets), so `metrics.combine_packing_metrics` gives the whole packing's metrics exactly."""
     n_kept = sum(s["n_docs"] for s in summaries)
-    total = vector_sum - removed.vector_sum
-    random_sim = float((total @ total - n_kept) / (n_kept * (n_kept - 1))) if n_kept > 1 else None
     once = all(s["every_doc_once"] for s in summaries) and (
-        n_kept + len(removed.doc) == corpus.n_documents
+        n_kept + n_removed == corpus.n_documents
     )
+    current = metrics.combine_packing_metrics([(s["metrics"], s["weights"]) for s in summaries])
+    random = metrics.combine_packing_metrics(random_parts)
     return {
         "n_documents": corpus.n_documents,
         "n_rejected": corpus.rejects.num_rows,
-        "n_duplicates": int(len(removed.doc)),
+        "n_duplicates": int(n_removed),
         "n_kept": int(n_kept),
         "n_contexts": int(sum(s["n_contexts"] for s in summaries)),
         "every_doc_once": bool(once),
-        "adjacent_sim_mean": _weighted(summaries, "adjacent_sim_mean", "n_transitions"),
-        "random_adjacent_sim_mean": random_sim,
-        "context_pairwise_sim_mean": _weighted(
-            summaries, "context_pairwise_sim_mean", "n_multi_contexts"
-        ),
-        "jump_rate": _weighted(summaries, "jump_rate", "n_transitions"),
-        "token_efficiency": _weighted(summaries, "token_efficiency", "n_contexts"),
-        "label_agreement": _weighted(summaries, "label_agreement", "n_transitions"),
-        "context_cache_gain": None,
+        "adjacent_sim_mean": current["adjacent_sim_mean"],
+        "random_adjacent_sim_mean": random["adjacent_sim_mean"],
+        "context_pairwise_sim_mean": current["context_pairwise_sim_mean"],
+        "jump_rate": current["jump_rate"],
+        "token_efficiency": current["token_efficiency"],
+        "label_agreement": current["label_agreement"],
+        "context_cache_gain": current["context_cache_gain"],
         "label_field": corpus.label_field,
         "order": params.order,
         "k": params.k,
         "context_length": params.context_length,
         "pack": params.pack,
         "dedup_threshold": params.dedup_threshold,
-        "random": {"adjacent_sim_mean": random_sim},
+        "random": random,
     }
 
 
@@ -1404,14 +1470,13 @@ def _run_stages(
     timed("order", ordered.counts, started)
 
     started = time.time()
-    names, summaries, pack_counts = pack_stage(
+    names, summaries, random_parts, pack_counts = pack_stage(
         ordered, params, corpus.label_field, staging, options, progress("pack")
     )
     timed("pack", pack_counts, started)
 
     started = time.time()
-    vector_sum = np.sum([s.summary["vector_sum"] for s in searched], axis=0)
-    result = combine_metrics(summaries, corpus, removed, vector_sum, params)
+    result = combine_metrics(summaries, random_parts, corpus, len(removed.doc), params)
     if any(s["over_length"] for s in summaries):
         raise IcpError("internal check failed: a context exceeds --context-length")
     _write_removed(staging, corpus, removed, params)
