@@ -617,7 +617,15 @@ def _apply_near_copy_filter(
         "SELECT left(text, ?) AS prefix FROM documents ORDER BY doc",
         [dedup.NEAR_COPY_PREFIX_CHARS],
     )
-    drop, copy_of = dedup.find_near_copies(prefixes.column("prefix").to_pylist(), order)
+    return near_copy_filter(prefixes.column("prefix").to_pylist(), order, vectors)
+
+
+def near_copy_filter(
+    texts: list[str], order: np.ndarray, vectors: np.ndarray
+) -> tuple[np.ndarray, dict]:
+    """`order` without the near copies of their previous kept document, and the drops (doc,
+    kept_doc, sim, reason) as order_drops records them; texts and vectors indexed by doc."""
+    drop, copy_of = dedup.find_near_copies(texts, order)
     dropped, kept_for = order[drop], copy_of[drop]
     sims = metrics.pair_similarity(vectors, dropped, kept_for) if len(dropped) else np.zeros(0)
     drops = {

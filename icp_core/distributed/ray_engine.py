@@ -824,12 +824,23 @@ CONTENT_COLUMNS = ["doc", "id", "text", "label", "vector"]
 
 @ray.remote
 def _route_task(
-    table: pa.Table, list_partition: np.ndarray, removed: np.ndarray, n_partitions: int
+    table: pa.Table,
+    list_partition: np.ndarray | None,
+    removed: np.ndarray,
+    n_partitions: int,
+    seed: int,
 ) -> tuple:
     """Split one searched block by partition, dropping removed documents: P graph tables (what
-    the walk reads) then P content tables (what packing reads), so a walk never holds texts."""
+    the walk reads) then P content tables (what packing reads), so a walk never holds texts.
+
+    Partitions group IVF lists (`list_partition`), or with None are seeded random buckets (for
+    the `random` ordering: random parts of a random order are a random order)."""
     doc = _column(table, "doc")
-    part = np.where(np.isin(doc, removed), -1, list_partition[_column(table, "list")])
+    if list_partition is None:
+        home = _random_bucket(doc, seed, n_partitions)
+    else:
+        home = list_partition[_column(table, "list")]
+    part = np.where(np.isin(doc, removed), -1, home)
     masks = [pa.array(part == p) for p in range(n_partitions)]
     graph = [table.select(GRAPH_COLUMNS).filter(mask) for mask in masks]
     content = [table.select(CONTENT_COLUMNS).filter(mask) for mask in masks]
@@ -837,10 +848,13 @@ def _route_task(
 
 
 @ray.remote(num_returns=2)
-def _traverse_task(removed: np.ndarray, k: int, method: str, seed: int, *parts: pa.Table) -> tuple:
+def _traverse_task(
+    removed: np.ndarray, k: int, width: int, method: str, seed: int, *parts: pa.Table
+) -> tuple:
     """Order one partition with `traverse.traverse` and cut the path into fragments; return the
-    path (doc and kNN lists without removed documents, in path order) and a summary: the
-    fragments and their end documents' kNN lists, all the driver needs to stitch them."""
+    path (doc and kNN lists without removed documents, in path order, `width` wide) and a
+    summary: the fragments and their end documents' kNN lists (first k), all the driver needs
+    to stitch them."""
     table = pa.concat_tables(parts)
     table = table.take(pa.array(np.argsort(_column(table, "doc"), kind="stable")))
     members = _column(table, "doc")
@@ -849,19 +863,20 @@ def _traverse_task(removed: np.ndarray, k: int, method: str, seed: int, *parts: 
     local = partition.localize(nbr_ids, members)
     walk_ids, walk_sims = stages.restrict_graph(local, nbr_sims, np.arange(len(members)), k)
     order = traverse.traverse(walk_ids, walk_sims, method, seed)
-    kept_ids, kept_sims = partition.drop_removed(nbr_ids, nbr_sims, removed, k)
+    wide_ids, wide_sims = partition.drop_removed(nbr_ids, nbr_sims, removed, width)
+    kept_ids, kept_sims = wide_ids[:, :k], wide_sims[:, :k]
     kept_local = partition.localize(kept_ids, members)
-    starts, jumps = partition.cut_path(
-        order, kept_local, kept_sims, (kept_ids >= 0) & (kept_local < 0)
-    )
+    # a random order is cut nowhere (its partitions are random buckets, not IVF lists)
+    outside = (kept_ids >= 0) & (kept_local < 0) & (method != "random")
+    starts, jumps = partition.cut_path(order, kept_local, kept_sims, outside)
     lengths = np.diff(np.r_[starts, len(order)])
     # per fragment its head, then its tail (one document for a fragment of one)
     ends = order[np.stack([starts, starts + lengths - 1], axis=1).ravel()]
     path = pa.table(
         {
             "doc": members[order],
-            "kept_ids": _fixed(kept_ids[order]),
-            "kept_sims": _fixed(kept_sims[order]),
+            "kept_ids": _fixed(wide_ids[order]),
+            "kept_sims": _fixed(wide_sims[order]),
         }
     )
     summary = {
@@ -913,6 +928,7 @@ def order_stage(
     doc_list: np.ndarray,
     removed: Removed,
     params: Params,
+    k_max: int,
     n_partitions: int,
     stitch: bool,
     report: Report,
@@ -927,16 +943,20 @@ def order_stage(
     edges = np.concatenate([s.summary["list_edges"] for s in searched])
     list_partition = partition.group_lists(first, second, edges, list_sizes, n_partitions)
     removed_ref = ray.put(np.sort(removed.doc))
-    list_partition_ref = ray.put(list_partition)
+    by_hash = params.order == "random"
+    list_partition_ref = None if by_hash else ray.put(list_partition)
+    # the near-copy filter of `original` drops more documents after stitching; the kNN lists
+    # then move up past them (`_assemble`), so the path keeps every stored column
+    width = k_max if params.order == "original" else params.k
     routed = [
         _route_task.options(num_returns=2 * n_partitions).remote(
-            s.ref, list_partition_ref, removed_ref, n_partitions
+            s.ref, list_partition_ref, removed_ref, n_partitions, params.seed
         )
         for s in searched
     ]
     tasks = [
         _traverse_task.remote(
-            removed_ref, params.k, params.order, params.seed, *[r[p] for r in routed]
+            removed_ref, params.k, width, params.order, params.seed, *[r[p] for r in routed]
         )
         for p in range(n_partitions)
     ]
@@ -946,7 +966,7 @@ def order_stage(
         summaries.append(_get(summary_ref))
         report(done, n_partitions)
     end_ids = np.concatenate([s["end_ids"] for s in summaries])
-    if not stitch:  # only the partitions' own joins: each path stays whole
+    if not stitch or by_hash:  # only the partitions' own joins: each path stays whole
         end_ids = np.full_like(end_ids, -1)
     stitching = partition.plan_stitching(
         fragment_partition=np.repeat(
@@ -990,10 +1010,11 @@ def _rows_for(table: pa.Table, docs: np.ndarray) -> pa.Table:
 
 
 @ray.remote
-def _count_words_task(path: pa.Table, *content: pa.Table) -> Counter:
-    """`metrics.word_counts` of the documents on one partition's path (the kept ones)."""
+def _count_words_task(path: pa.Table, drops: np.ndarray, *content: pa.Table) -> Counter:
+    """`metrics.word_counts` of the documents on one partition's path but not in `drops`."""
     table = pa.concat_tables(content)
-    rows = table.filter(pa.array(np.isin(_column(table, "doc"), _column(path, "doc"))))
+    kept = np.setdiff1d(_column(path, "doc"), drops)
+    rows = table.filter(pa.array(np.isin(_column(table, "doc"), kept)))
     return metrics.word_counts(rows.column("text").to_pylist())
 
 
@@ -1006,6 +1027,64 @@ def _random_bucket(doc: np.ndarray, seed: int, n_buckets: int) -> np.ndarray:
     return (mixed % np.uint64(n_buckets)).astype(np.int64)
 
 
+def _assemble(
+    path: pa.Table,
+    segments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    home: int,
+    n_content: int,
+    parts: tuple[pa.Table, ...],
+    drops: np.ndarray,
+    k: int,
+) -> tuple[pa.Table, pa.Table, np.ndarray]:
+    """A home partition's final path: its graph rows and content rows in path order, without
+    the `drops`, and each document's first k kNN neighbours that are kept (global ids)."""
+    received = parts[n_content:]
+    rows = partition.assembly(*segments, home, path.num_rows)
+    graph = pa.concat_tables([path, *[r.select(path.column_names) for r in received]]).take(
+        pa.array(rows)
+    )
+    if len(drops):
+        graph = graph.filter(pa.array(~np.isin(_column(graph, "doc"), drops)))
+    table = _rows_for(
+        pa.concat_tables([*parts[:n_content], *[r.select(CONTENT_COLUMNS) for r in received]]),
+        _column(graph, "doc"),
+    )
+    kept_ids, _ = partition.drop_removed(
+        _matrix(graph.column("kept_ids"), np.int64),
+        _matrix(graph.column("kept_sims"), np.float32),
+        drops,
+        k,
+    )
+    return graph, table, kept_ids
+
+
+@ray.remote
+def _near_copy_task(
+    path: pa.Table,
+    segments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    home: int,
+    n_content: int,
+    *parts: pa.Table,
+) -> dict[str, Any]:
+    """`stages.near_copy_filter` along a home partition's final path (its own fragments and
+    the joins stitched to them): the drops, with ids."""
+    _, table, _ = _assemble(path, segments, home, n_content, parts, np.zeros(0, np.int64), 1)
+    _, drops = stages.near_copy_filter(
+        table.column("text").to_pylist(),
+        np.arange(table.num_rows),
+        _matrix(table.column("vector"), np.float32),
+    )
+    doc = _column(table, "doc")
+    ids = table.column("id").to_pylist()
+    return {
+        **drops,
+        "id": [ids[i] for i in drops["doc"]],
+        "kept_id": [ids[i] for i in drops["kept_doc"]],
+        "doc": doc[np.asarray(drops["doc"], dtype=np.int64)],
+        "kept_doc": doc[np.asarray(drops["kept_doc"], dtype=np.int64)],
+    }
+
+
 def _pack_task(
     path: pa.Table,
     segments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
@@ -1013,6 +1092,7 @@ def _pack_task(
     params: Params,
     label_field: str | None,
     corpus_counts: Counter,
+    drops: np.ndarray,
     n_buckets: int,
     n_content: int,
     *parts: pa.Table,
@@ -1021,21 +1101,14 @@ def _pack_task(
 
     `segments`: (origin, start, length, reverse) of this partition's chains in final order.
     `corpus_counts`: the corpus-wide word counts (context_cache_gain's unigram model).
+    `drops`: sorted documents the near-copy filter dropped (`near_copy_stage`).
     `parts`: this partition's `n_content` content tables, then the rows each partition that
     sends segments here picked for it (`_pick_task`), senders in ascending order.
 
     Returns the context rows, a summary, then `n_buckets` tables of what the random baseline
     measures about this partition's documents (`_random_task`), one per bucket.
     """
-    received = parts[n_content:]
-    rows = partition.assembly(*segments, home, path.num_rows)
-    graph = pa.concat_tables([path, *[r.select(path.column_names) for r in received]]).take(
-        pa.array(rows)
-    )
-    table = _rows_for(
-        pa.concat_tables([*parts[:n_content], *[r.select(CONTENT_COLUMNS) for r in received]]),
-        _column(graph, "doc"),
-    )
+    graph, table, kept_ids = _assemble(path, segments, home, n_content, parts, drops, params.k)
     path_docs = _column(table, "doc")
     # number the members in doc order, as the local engine numbers kept documents
     by_doc = np.argsort(path_docs, kind="stable")
@@ -1052,7 +1125,7 @@ def _pack_task(
         order, doc_tokens, params.context_length, params.pack, len(sep_ids), shuffle=False
     )
     vectors = _matrix(table.column("vector"), np.float32)[by_doc]
-    kept_ids = _matrix(graph.column("kept_ids"), np.int64)[by_doc]
+    kept_ids = kept_ids[by_doc]
     labels = None
     if label_field is not None:
         # the local engine's stand-in for a missing label (stages.read_labels)
@@ -1178,23 +1251,22 @@ def _write_task(path: str, *parts: pa.Table) -> int:
     return table.num_rows
 
 
-def pack_stage(
-    ordered: Ordered,
-    params: Params,
-    label_field: str | None,
-    staging: Path,
-    options: RayOptions,
-    report: Report,
-) -> tuple[list[str], list[dict[str, Any]], list[tuple], dict[str, Any]]:
-    """Pack every partition, shuffle context ids globally, write the context files, and
-    measure the random baseline: the kept documents in seeded random buckets (one per
-    PARTITION_DOCS, so one below that, the local engine's exact baseline), each packed in a
-    seeded random order.
+@dataclass
+class Packed:
+    """The context files, the partitions' summaries, the random buckets' `packing_terms`, the
+    near-copy drops (doc, kept_doc, sim, reason, id, kept_id) and the stage counts."""
 
-    Returns:
-        The file names, the per-partition summaries, the random buckets' `packing_terms` and
-        the stage counts.
-    """
+    names: list[str]
+    summaries: list[dict[str, Any]]
+    random: list[tuple]
+    drops: dict[str, Any]
+    counts: dict[str, Any]
+
+
+def _home_inputs(ordered: Ordered) -> list[tuple]:
+    """Per partition that packs (one whose chains all went elsewhere packs none): (home, its
+    path, its segments (origin, start, length, reverse) in final order, its number of content
+    tables, its content tables then the rows each sender picked for it, senders ascending)."""
     layout = ordered.stitching
     sent = layout.home != layout.origin
     picked = {}
@@ -1212,43 +1284,91 @@ def pack_stage(
         picked.update(
             zip([(origin, h) for h in receivers], _refs(refs, len(receivers)), strict=True)
         )
+    homes = []
+    for home in np.unique(layout.home).tolist():
+        mine = layout.home == home
+        senders = sorted(o for o, h in picked if h == home)
+        segments = tuple(
+            column[mine] for column in (layout.origin, layout.start, layout.length, layout.reverse)
+        )
+        parts = [*ordered.content[home], *[picked[(o, home)] for o in senders]]
+        homes.append((home, ordered.paths[home], segments, len(ordered.content[home]), parts))
+    return homes
+
+
+def _no_drops() -> dict[str, Any]:
+    return {
+        "doc": np.zeros(0, np.int64),
+        "kept_doc": np.zeros(0, np.int64),
+        "sim": [],
+        "reason": [],
+        "id": [],
+        "kept_id": [],
+    }
+
+
+def _near_copies(homes: list[tuple]) -> dict[str, Any]:
+    """The `original` ordering's near-copy filter along every home partition's final path."""
+    found = _get(
+        [
+            _near_copy_task.remote(path, segments, home, n_content, *parts)
+            for home, path, segments, n_content, parts in homes
+        ]
+    )
+    drops = _no_drops()
+    for part in found:
+        for key, values in drops.items():
+            drops[key] = (
+                np.concatenate([values, part[key]])
+                if isinstance(values, np.ndarray)
+                else values + list(part[key])
+            )
+    return drops
+
+
+def pack_stage(
+    ordered: Ordered,
+    params: Params,
+    label_field: str | None,
+    staging: Path,
+    options: RayOptions,
+    report: Report,
+) -> Packed:
+    """Drop `original`'s near copies along each partition's final path, pack every partition,
+    shuffle context ids globally, write the context files, and measure the random baseline:
+    the kept documents in seeded random buckets (one per PARTITION_DOCS, so below that one: the
+    local engine's exact baseline), each packed in a seeded random order."""
+    homes = _home_inputs(ordered)
+    drops = _near_copies(homes) if params.order == "original" else _no_drops()
+    drops_ref = ray.put(np.sort(drops["doc"]))
     # the corpus-wide unigram model of context_cache_gain: counts from the partitions, merged
     corpus_counts: Counter = Counter()
     for counted in _get(
         [
-            _count_words_task.remote(path, *content)
+            _count_words_task.remote(path, drops_ref, *content)
             for path, content in zip(ordered.paths, ordered.content, strict=True)
         ]
     ):
         corpus_counts.update(counted)
     counts_ref = ray.put(corpus_counts)
     del corpus_counts
-    n_buckets = max(1, math.ceil(ordered.counts["ordered"] / PARTITION_DOCS))
-    # a partition whose chains all went elsewhere packs none
-    homes = np.unique(layout.home).tolist()
-    tasks = []
-    for home in homes:
-        mine = layout.home == home
-        senders = sorted(o for o, h in picked if h == home)
-        tasks.append(
-            _pack_task_remote.options(num_returns=2 + n_buckets).remote(
-                ordered.paths[home],
-                (
-                    layout.origin[mine],
-                    layout.start[mine],
-                    layout.length[mine],
-                    layout.reverse[mine],
-                ),
-                home,
-                params,
-                label_field,
-                counts_ref,
-                n_buckets,
-                len(ordered.content[home]),
-                *ordered.content[home],
-                *[picked[(o, home)] for o in senders],
-            )
+    n_kept = ordered.counts["ordered"] - len(drops["doc"])
+    n_buckets = max(1, math.ceil(n_kept / PARTITION_DOCS))
+    tasks = [
+        _pack_task_remote.options(num_returns=2 + n_buckets).remote(
+            path,
+            segments,
+            home,
+            params,
+            label_field,
+            counts_ref,
+            drops_ref,
+            n_buckets,
+            n_content,
+            *parts,
         )
+        for home, path, segments, n_content, parts in homes
+    ]
     summaries = []
     for done, task in enumerate(tasks, start=1):
         summaries.append(_get(task[1]))
@@ -1290,9 +1410,10 @@ def pack_stage(
         "files": n_files,
         "pieces": int(sum(s["pieces"] for s in summaries)),
         "written_rows": int(sum(written)),
+        "near_copies_dropped": len(drops["doc"]),
     }
     random = [part for part in _get(random_parts) if part is not None]
-    return names, summaries, random, counts
+    return Packed(names, summaries, random, drops, counts)
 
 
 def _global_context_ids(
@@ -1363,23 +1484,38 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
             handle.write(orjson.dumps(row) + b"\n")
 
 
-def _write_removed(staging: Path, corpus: Corpus, removed: Removed, params: Params) -> None:
+def _write_removed(
+    staging: Path, corpus: Corpus, removed: Removed, drops: dict[str, Any], params: Params
+) -> None:
+    """removed/ as the local export writes it: the duplicates, then the order stage's drops
+    (with their reason), then the rejects."""
     by_doc = np.argsort(removed.doc)
     reason = f"semantic duplicate (cosine >= {params.dedup_threshold})"
+    rows = [
+        {
+            "id": removed.ids[i],
+            "kept_id": removed.kept_ids[i],
+            "sim": float(removed.sim[i]),
+            "reason": reason,
+        }
+        for i in by_doc
+    ]
+    rows += [
+        {"id": doc_id, "kept_id": kept_id, "sim": float(sim), "reason": why}
+        for _, doc_id, kept_id, sim, why in sorted(
+            zip(
+                drops["doc"].tolist(),
+                drops["id"],
+                drops["kept_id"],
+                drops["sim"],
+                drops["reason"],
+                strict=True,
+            )
+        )
+    ]
     folder = staging / export.REMOVED_FOLDER
     folder.mkdir()
-    _write_jsonl(
-        folder / "duplicates.jsonl",
-        [
-            {
-                "id": removed.ids[i],
-                "kept_id": removed.kept_ids[i],
-                "sim": float(removed.sim[i]),
-                "reason": reason,
-            }
-            for i in by_doc
-        ],
-    )
+    _write_jsonl(folder / "duplicates.jsonl", rows)
     _write_jsonl(folder / "rejects.jsonl", corpus.rejects.to_pylist())
 
 
@@ -1413,11 +1549,6 @@ def run_pipeline(
     """
     options = options or RayOptions()
     params = params.validate()
-    if params.order == "original":
-        raise IcpError(
-            "--order original: its near-copy text filter runs on the local engine only; "
-            "use --engine local, or another --order on Ray"
-        )
     stages.lm_tokenizer(params)  # a missing tokenizer fails here, not in a task
     with export.staged_folder(out, overwrite) as staging, ray_session(options):
         outcomes, manifest = _run_stages(inputs, params, staging, options, progress)
@@ -1465,21 +1596,28 @@ def _run_stages(
         options.partitions, corpus.n_documents - len(removed.doc), knn_counts["ivf_lists"]
     )
     ordered = order_stage(
-        searched, doc_list, removed, params, n_partitions, options.stitch, progress("order")
+        searched,
+        doc_list,
+        removed,
+        params,
+        knn_counts["k_max"],
+        n_partitions,
+        options.stitch,
+        progress("order"),
     )
     timed("order", ordered.counts, started)
 
     started = time.time()
-    names, summaries, random_parts, pack_counts = pack_stage(
-        ordered, params, corpus.label_field, staging, options, progress("pack")
-    )
-    timed("pack", pack_counts, started)
+    packed = pack_stage(ordered, params, corpus.label_field, staging, options, progress("pack"))
+    timed("pack", packed.counts, started)
+    names, summaries = packed.names, packed.summaries
 
     started = time.time()
-    result = combine_metrics(summaries, random_parts, corpus, len(removed.doc), params)
+    n_removed = len(removed.doc) + len(packed.drops["doc"])
+    result = combine_metrics(summaries, packed.random, corpus, n_removed, params)
     if any(s["over_length"] for s in summaries):
         raise IcpError("internal check failed: a context exceeds --context-length")
-    _write_removed(staging, corpus, removed, params)
+    _write_removed(staging, corpus, removed, packed.drops, params)
     shutil.rmtree(work, ignore_errors=True)
     export.write_dataset_card(
         staging, "parquet", params.context_length, stages.lm_tokenizer(params)
