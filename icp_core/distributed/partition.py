@@ -32,11 +32,6 @@ PARTITION_SLACK = 1.1
 FIXED_LINK_WEIGHT = 8.0
 
 
-def ivf_list_count(n_docs: int) -> int:
-    """Coarse lists of the IVF index: the sizing of `icp_core.knn` (4 sqrt(N), >= 39 docs each)."""
-    return max(1, min(int(4 * math.sqrt(n_docs)), n_docs // 39))
-
-
 def localize(neighbor_ids: np.ndarray, members: np.ndarray) -> np.ndarray:
     """Global neighbour ids mapped to positions in `members`, -1 for non-members.
 

@@ -76,8 +76,9 @@ CONTEXTS_PER_FILE = 10_000
 # Auto partition count: one traversal task per this many kept documents (a 2M-document walk
 # needs about 1 GB and a minute on one core).
 PARTITION_DOCS = 2_000_000
-# IVF training sample per list, as in `icp_core.knn`.
-TRAIN_PER_LIST = 64
+# Documents per kNN index shard (one task builds each; every search task reads all of them):
+# 1M 384-d float vectors are 1.5 GB.
+SHARD_DOCS = 1_048_576
 _QUERY_BATCH = 8192
 
 
@@ -91,7 +92,7 @@ class RayOptions:
 
     address: a cluster to join (`ray://host:10001`, `host:6379`, `auto`); None starts a local one.
     partitions: P for the order stage; None: one per `PARTITION_DOCS` kept documents.
-    block_docs, contexts_per_file: work and output granularity.
+    block_docs, shard_docs, contexts_per_file: work, index and output granularity.
     stitch: join the partitions' path fragments across partitions (off only to measure what
         it brings: benchmarks/bench_partitioned.py).
     init_args: extra `ray.init` arguments for a local cluster (tests cap CPUs and memory).
@@ -100,6 +101,7 @@ class RayOptions:
     address: str | None = None
     partitions: int | None = None
     block_docs: int = BLOCK_DOCS
+    shard_docs: int = SHARD_DOCS
     contexts_per_file: int = CONTEXTS_PER_FILE
     stitch: bool = True
     init_args: dict[str, Any] = field(default_factory=dict)
@@ -575,10 +577,51 @@ def _embed_with_ray_data(corpus: Corpus, params: Params, options: RayOptions, fo
 @dataclass
 class Searched:
     """One block's search result: `ref` holds (doc, id, text, label, vector, list, nbr_ids,
-    nbr_sims) sorted by doc; the summary holds what the driver needs."""
+    nbr_sims) sorted by doc; the summary holds what the driver needs (n_docs, the
+    near-duplicate pairs and their lists)."""
 
     ref: Any
     summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class IvfSettings:
+    """The IVF sizing: coarse lists, training sample, k-means iterations, lists probed."""
+
+    n_lists: int
+    n_train: int
+    n_iter: int
+    n_probe: int
+
+
+def ivf_settings(n_docs: int) -> IvfSettings:
+    """`icp_core.knn`'s IVF sizing for a corpus of n_docs (its `ivf_lists`, its 32 training
+    points per list and 10 iterations, its n_lists / 48 >= IVF_MIN_PROBES probes): the one place
+    the Ray engine reads it from."""
+    n_lists = knn.ivf_lists(n_docs)
+    return IvfSettings(
+        n_lists=n_lists,
+        n_train=min(n_docs, 32 * n_lists),
+        n_iter=10,
+        n_probe=min(n_lists, max(knn.IVF_MIN_PROBES, n_lists // 48)),
+    )
+
+
+# a stored id packs the document and its IVF list, so a search result names both and no task
+# needs a global doc -> list table: id = doc << LIST_BITS | list
+LIST_BITS = 24
+
+
+def _pack_ids(doc: np.ndarray, lists: np.ndarray) -> np.ndarray:
+    return (doc.astype(np.int64) << LIST_BITS) | lists.astype(np.int64)
+
+
+def _unpack_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(doc, list), -1 for both where ids is -1."""
+    missing = ids < 0
+    doc = np.where(missing, -1, ids >> LIST_BITS)
+    lists = np.where(missing, -1, ids & ((1 << LIST_BITS) - 1))
+    return doc, lists
 
 
 @ray.remote
@@ -596,11 +639,52 @@ def _read_block(directory: Path) -> tuple[np.ndarray, np.ndarray]:
     return doc[by_doc], _matrix(table.column("vector"), np.float32)[by_doc]
 
 
+def _task_threads() -> None:
+    import faiss
+
+    faiss.omp_set_num_threads(
+        max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    )
+
+
+def _coarse(centroids: np.ndarray):
+    import faiss
+
+    quantizer = faiss.IndexFlatIP(centroids.shape[1])
+    quantizer.add(centroids)
+    return quantizer
+
+
+@ray.remote
+def _shard_task(centroids: np.ndarray, kind: str, directories: list[str], path: str) -> int:
+    """Build one index shard over some blocks with the driver's trained coarse quantizer (an
+    IVF shard, or a flat one for exact search) and write it to `path`."""
+    import faiss
+
+    _task_threads()
+    quantizer = _coarse(centroids)
+    n_lists, dim = centroids.shape
+    if kind == "flat":
+        index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+    else:
+        index = faiss.IndexIVFFlat(quantizer, dim, n_lists, faiss.METRIC_INNER_PRODUCT)
+        index.is_trained = True
+    n_docs = 0
+    for directory in directories:
+        doc, vectors = _read_block(Path(directory))
+        lists = quantizer.search(vectors, 1)[1][:, 0]
+        index.add_with_ids(vectors, _pack_ids(doc, lists))
+        n_docs += len(doc)
+    faiss.write_index(index, path)
+    return n_docs
+
+
 @ray.remote(num_returns=2)
 def _search_task(
-    index_path: str,
-    doc_list: np.ndarray,
-    n_lists: int,
+    shards: list[str],
+    centroids: np.ndarray,
+    n_probe: int,
+    n_docs: int,
     directory: str,
     start: int,
     stop: int,
@@ -609,27 +693,53 @@ def _search_task(
     threshold: float | None,
     *pieces: Any,
 ) -> tuple[pa.Table, dict[str, Any]]:
+    """Search one block against every shard (coarse lists assigned once), merge each query's
+    top candidates across shards, and return the block's table and summary."""
     import faiss
 
-    faiss.omp_set_num_threads(
-        max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-    )
-    # IVF lists are memory-mapped: the search tasks of one node share one copy (page cache)
-    index = faiss.read_index(index_path, faiss.IO_FLAG_MMAP)
+    _task_threads()
     doc, vectors = _read_block(Path(directory))
     if not np.array_equal(doc, np.arange(start, stop)):
         raise IcpError(f"{directory}: embeddings do not cover documents {start}..{stop - 1}")
-    n_docs = len(doc_list)
+    quantizer = _coarse(centroids)
+    n_lists = len(centroids)
+    probe_sims, probes = quantizer.search(vectors, n_probe)
+    own_list = probes[:, 0]
     searched = min(k_max, n_docs - 1) + 1  # one extra column for the document itself
     ids = np.full((len(doc), k_max), -1, dtype=np.int64)
     sims = np.zeros((len(doc), k_max), dtype=np.float32)
+    lists = np.full((len(doc), k_max), -1, dtype=np.int64)
     if n_docs > 1:
-        for lo in range(0, len(doc), _QUERY_BATCH):
-            hi = min(lo + _QUERY_BATCH, len(doc))
-            found_sims, found_ids = index.search(vectors[lo:hi], searched)
-            kept_ids, kept_sims = knn._drop_self(found_ids, found_sims, doc[lo:hi])
-            ids[lo:hi, : searched - 1] = kept_ids
-            sims[lo:hi, : searched - 1] = kept_sims
+        found_ids = np.full((len(doc), searched * len(shards)), -1, dtype=np.int64)
+        found_sims = np.full((len(doc), searched * len(shards)), -np.inf, dtype=np.float32)
+        for number, shard in enumerate(shards):
+            # a shard's lists are memory-mapped: the tasks of one node share one copy
+            index = faiss.read_index(shard, faiss.IO_FLAG_MMAP)
+            columns = slice(number * searched, (number + 1) * searched)
+            for lo in range(0, len(doc), _QUERY_BATCH):
+                hi = min(lo + _QUERY_BATCH, len(doc))
+                if isinstance(index, faiss.IndexIVF):
+                    index.nprobe = n_probe
+                    d, i = index.search_preassigned(
+                        vectors[lo:hi], searched, probes[lo:hi], probe_sims[lo:hi]
+                    )
+                else:
+                    d, i = index.search(vectors[lo:hi], searched)
+                found_ids[lo:hi, columns] = i
+                found_sims[lo:hi, columns] = np.where(i >= 0, d, -np.inf)
+            del index
+        # best `searched` over the shards, ties to the lower document (ids grow with doc)
+        by_id = np.argsort(np.where(found_ids < 0, np.iinfo(np.int64).max, found_ids), axis=1)
+        best = np.argsort(-np.take_along_axis(found_sims, by_id, axis=1), axis=1, kind="stable")
+        pick = np.take_along_axis(by_id, best[:, :searched], axis=1)
+        top_ids = np.take_along_axis(found_ids, pick, axis=1)
+        top_sims = np.take_along_axis(found_sims, pick, axis=1)
+        top_docs, top_lists = _unpack_ids(top_ids)
+        kept_docs, kept_sims = knn._drop_self(top_docs, top_sims, doc)
+        _, kept_lists = knn._drop_self(top_docs, top_lists, doc)  # the same columns
+        ids[:, : searched - 1] = kept_docs
+        sims[:, : searched - 1] = kept_sims
+        lists[:, : searched - 1] = np.where(kept_docs >= 0, kept_lists, -1)
     sims[ids < 0] = 0.0
     content = _block_content(list(zip(pieces[0::2], pieces[1::2], strict=True)), start, stop)
     table = pa.table(
@@ -639,29 +749,62 @@ def _search_task(
             "text": content.column("text"),
             "label": content.column("label"),
             "vector": _fixed(vectors),
-            "list": doc_list[doc],
+            "list": own_list,
             "nbr_ids": _fixed(ids),
             "nbr_sims": _fixed(sims),
         }
     )
     # kNN edges between IVF lists: the order stage groups lists that share many
-    head_ids, head_sims = ids[:, :k], sims[:, :k]
+    head_ids, head_sims, head_lists = ids[:, :k], sims[:, :k], lists[:, :k]
     valid = head_ids >= 0
-    query_list = np.repeat(doc_list[doc].astype(np.int64), k)[valid.ravel()]
-    key = query_list * n_lists + doc_list[head_ids[valid]].astype(np.int64)
+    query_list = np.repeat(own_list.astype(np.int64), k)[valid.ravel()]
+    key = query_list * n_lists + head_lists[valid]
     pair_key, pair_count = np.unique(key, return_counts=True)
     is_dup = np.zeros_like(valid) if threshold is None else valid & (head_sims >= threshold)
     rows, cols = np.nonzero(is_dup)
     summary = {
         "n_docs": len(doc),
-        "list_first": pair_key // n_lists,
-        "list_second": pair_key % n_lists,
+        "list_key": pair_key,
         "list_edges": pair_count,
+        "list_sizes": np.bincount(own_list, minlength=n_lists),
         "dup_doc": doc[rows],
+        "dup_list": own_list[rows],
         "dup_neighbor": head_ids[rows, cols],
+        "dup_neighbor_list": head_lists[rows, cols],
         "dup_sim": head_sims[rows, cols],
     }
     return table, summary
+
+
+@dataclass
+class ListGraph:
+    """What the order stage groups IVF lists by: each list's documents and the kNN edges
+    between lists (key = first * n_lists + second, count), merged as the blocks come."""
+
+    n_lists: int
+    sizes: np.ndarray
+    key: np.ndarray
+    edges: np.ndarray
+
+    def add(self, summary: dict[str, Any]) -> None:
+        self.sizes += summary.pop("list_sizes")
+        key = np.concatenate([self.key, summary.pop("list_key")])
+        edges = np.concatenate([self.edges, summary.pop("list_edges")])
+        self.key, inverse = np.unique(key, return_inverse=True)
+        self.edges = np.bincount(inverse, weights=edges).astype(np.int64)
+
+
+def _shard_groups(directories: list[Path], blocks: list[tuple[int, int]], shard_docs: int):
+    """Consecutive blocks grouped into shards of at most shard_docs documents (one at least)."""
+    groups: list[list[str]] = [[]]
+    filled = 0
+    for directory, (start, stop) in zip(directories, blocks, strict=True):
+        if groups[-1] and filled + stop - start > shard_docs:
+            groups.append([])
+            filled = 0
+        groups[-1].append(str(directory))
+        filled += stop - start
+    return groups
 
 
 def knn_stage(
@@ -671,12 +814,12 @@ def knn_stage(
     work: Path,
     options: RayOptions,
     report: Report,
-) -> tuple[list[Searched], np.ndarray, dict[str, Any]]:
-    """Train an IVF index on a sample, add the blocks one by one, store it under `work`, and
-    search every block of `folder` in a task.
+) -> tuple[list[Searched], ListGraph, dict[str, Any]]:
+    """Train the coarse quantizer on a sample (all the driver holds), build the index shards
+    in tasks (each over some blocks), and search every block against every shard in a task.
 
     Returns:
-        The searched blocks, each document's IVF list (N,) int32, and the stage counts.
+        The searched blocks, the IVF lists' sizes and edges, and the stage counts.
     """
     import faiss
 
@@ -686,12 +829,13 @@ def knn_stage(
         raise IcpError("--index hnsw is not available on the ray engine; use auto, flat or ivf")
     blocks = _block_ranges(n_docs, options.block_docs)
     directories = [_block_dir(folder, block) for block in range(len(blocks))]
-    n_lists = partition.ivf_list_count(n_docs)
-    n_sample = min(n_docs, TRAIN_PER_LIST * n_lists)
+    settings = ivf_settings(n_docs)
     samples = _get(
         [
             _sample_task.remote(
-                str(directory), math.ceil(n_sample * (stop - start) / n_docs), params.seed + block
+                str(directory),
+                math.ceil(settings.n_train * (stop - start) / n_docs),
+                params.seed + block,
             )
             for block, (directory, (start, stop)) in enumerate(
                 zip(directories, blocks, strict=True)
@@ -699,35 +843,38 @@ def knn_stage(
         ]
     )
     sample = np.concatenate(samples)
+    del samples
     dim = sample.shape[1]
-    quantizer = faiss.IndexFlatIP(dim)
-    ivf = faiss.IndexIVFFlat(quantizer, dim, n_lists, faiss.METRIC_INNER_PRODUCT)
+    ivf = faiss.IndexIVFFlat(
+        faiss.IndexFlatIP(dim), dim, settings.n_lists, faiss.METRIC_INNER_PRODUCT
+    )
+    ivf.cp.niter = settings.n_iter
+    ivf.cp.min_points_per_centroid = 16  # as in icp_core.knn: the sample is enough
     ivf.train(sample)  # its coarse lists also define the order stage's partitions
-    # exact search scans a flat index with BLAS; blocks arrive in doc order, so position = doc
-    index = faiss.IndexFlatIP(dim) if kind == "flat" else ivf
-    ivf.nprobe = min(n_lists, max(8, n_lists // 16))
-    doc_list = np.zeros(n_docs, dtype=np.int32)
-    for directory in directories:  # add shard by shard
-        doc, vectors = _read_block(directory)
-        if kind == "flat":
-            index.add(vectors)
-        else:
-            index.add_with_ids(vectors, doc)
-        doc_list[doc] = quantizer.search(vectors, 1)[1][:, 0]
+    centroids = ivf.quantizer.reconstruct_n(0, settings.n_lists)
+    del ivf, sample
+    centroids_ref = ray.put(centroids)
     work.mkdir(parents=True, exist_ok=True)
-    index_path = work / "knn.index"
-    faiss.write_index(index, str(index_path))
-    del index, ivf
-    doc_list_ref = ray.put(doc_list)
+    groups = _shard_groups(directories, blocks, options.shard_docs)
+    shards = [str(work / f"knn-shard-{s:05d}.index") for s in range(len(groups))]
+    _get(
+        [
+            _shard_task.remote(centroids_ref, kind, group, shard)
+            for group, shard in zip(groups, shards, strict=True)
+        ]
+    )
+    # exact (flat) search probes no lists; IVF search probes knn's count
+    n_probe = 1 if kind == "flat" else settings.n_probe
     k_max = max(params.k, stages.KNN_MIN_STORED)
     tasks = []
     for directory, (start, stop) in zip(directories, blocks, strict=True):
         pieces = [x for pair in _overlapping(corpus.shards, start, stop) for x in pair]
         tasks.append(
             _search_task.remote(
-                str(index_path),
-                doc_list_ref,
-                n_lists,
+                shards,
+                centroids_ref,
+                n_probe,
+                n_docs,
                 str(directory),
                 start,
                 stop,
@@ -737,13 +884,27 @@ def knn_stage(
                 *pieces,
             )
         )
+    graph = ListGraph(
+        settings.n_lists,
+        np.zeros(settings.n_lists, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+    )
     searched = []
     for table_ref, summary_ref in tasks:
         summary = _get(summary_ref)
+        graph.add(summary)
         searched.append(Searched(table_ref, summary))
         report(sum(s.summary["n_docs"] for s in searched), n_docs)
-    counts = {"documents": n_docs, "k_max": k_max, "index": kind, "ivf_lists": n_lists}
-    return searched, doc_list, counts
+    counts = {
+        "documents": n_docs,
+        "k_max": k_max,
+        "index": kind,
+        "ivf_lists": settings.n_lists,
+        "ivf_probes": n_probe,
+        "shards": len(shards),
+    }
+    return searched, graph, counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -760,6 +921,7 @@ class Removed:
     sim: np.ndarray
     ids: list[str]
     kept_ids: list[str]
+    lists: np.ndarray  # the IVF list of each removed document
 
 
 @ray.remote
@@ -772,13 +934,20 @@ def _take_docs(table: pa.Table, docs: np.ndarray) -> pa.Table:
 def dedup_stage(searched: list[Searched], params: Params, n_docs: int) -> Removed:
     """Group the near-duplicate pairs with `dedup.find_duplicates` over just the documents
     that have one; every group keeps its earliest document, as in the local engine."""
-    empty = Removed(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), [], [])
+    none = np.zeros(0, np.int64)
+    empty = Removed(none, none, np.zeros(0, np.float32), [], [], none)
     first = np.concatenate([s.summary["dup_doc"] for s in searched]).astype(np.int64)
     second = np.concatenate([s.summary["dup_neighbor"] for s in searched]).astype(np.int64)
     pair_sims = np.concatenate([s.summary["dup_sim"] for s in searched]).astype(np.float32)
     if params.dedup_threshold is None or not len(first):
         return empty
-    involved = np.unique(np.concatenate([first, second]))
+    involved, at_first = np.unique(np.concatenate([first, second]), return_index=True)
+    involved_list = np.concatenate(
+        [
+            np.concatenate([s.summary[key] for s in searched])
+            for key in ("dup_list", "dup_neighbor_list")
+        ]
+    )[at_first]
     local_first = np.searchsorted(involved, first)
     by_row = np.argsort(local_first, kind="stable")
     local_first, local_second = local_first[by_row], np.searchsorted(involved, second)[by_row]
@@ -810,6 +979,7 @@ def dedup_stage(searched: list[Searched], params: Params, n_docs: int) -> Remove
         sim,
         ids[at].tolist(),
         ids[kept_at].tolist(),
+        involved_list[moved],
     )
 
 
@@ -925,7 +1095,7 @@ class Ordered:
 
 def order_stage(
     searched: list[Searched],
-    doc_list: np.ndarray,
+    lists: ListGraph,
     removed: Removed,
     params: Params,
     k_max: int,
@@ -934,14 +1104,11 @@ def order_stage(
     report: Report,
 ) -> Ordered:
     """Group IVF lists into partitions, order each in a task, stitch their fragments."""
-    n_lists = int(doc_list.max()) + 1
-    list_sizes = np.bincount(doc_list, minlength=n_lists) - np.bincount(
-        doc_list[removed.doc], minlength=n_lists
+    n_lists = lists.n_lists
+    list_sizes = lists.sizes - np.bincount(removed.lists, minlength=n_lists)
+    list_partition = partition.group_lists(
+        lists.key // n_lists, lists.key % n_lists, lists.edges, list_sizes, n_partitions
     )
-    first = np.concatenate([s.summary["list_first"] for s in searched])
-    second = np.concatenate([s.summary["list_second"] for s in searched])
-    edges = np.concatenate([s.summary["list_edges"] for s in searched])
-    list_partition = partition.group_lists(first, second, edges, list_sizes, n_partitions)
     removed_ref = ray.put(np.sort(removed.doc))
     by_hash = params.order == "random"
     list_partition_ref = None if by_hash else ray.put(list_partition)
@@ -1581,7 +1748,7 @@ def _run_stages(
     timed("embed", embed_counts, started)
 
     started = time.time()
-    searched, doc_list, knn_counts = knn_stage(
+    searched, lists, knn_counts = knn_stage(
         corpus, params, folder, work, options, progress("knn")
     )
     timed("knn", knn_counts, started)
@@ -1597,7 +1764,7 @@ def _run_stages(
     )
     ordered = order_stage(
         searched,
-        doc_list,
+        lists,
         removed,
         params,
         knn_counts["k_max"],
