@@ -313,6 +313,42 @@ def test_original_drops_near_copies_like_the_local_engine(ray_cluster, n_partiti
     assert len(placed) + len(removed) == len(rows) and not placed & {d["id"] for d in removed}
 
 
+@pytest.mark.parametrize("index", ["flat", "ivf"])
+def test_sharded_knn_matches_the_local_search(ray_cluster, index, tmp_path):
+    """Index shards built by tasks, every block searched against every shard: exact search
+    gives the local engine's lists, IVF nearly (knn.py's sizing), over several shards."""
+    from icp_core import knn
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(20, 16))
+    vectors = (centres[rng.integers(0, 20, 2400)] + rng.normal(size=(2400, 16)) * 0.5).astype(
+        np.float32
+    )
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    np.save(tmp_path / "v.npy", vectors)
+    rows = [{"id": str(i), "text": f"d {i}"} for i in range(2400)]
+    corpus = write_jsonl(tmp_path / "c.jsonl", rows)
+    params = Params(k=10, index=index, vectors=str(tmp_path / "v.npy"))
+    options = ray_engine.RayOptions(block_docs=500, shard_docs=1000)
+    corpus_ = ray_engine.ingest_stage([str(corpus)], params, stages._noop)
+    folder = tmp_path / "emb"
+    ray_engine.embed_stage(corpus_, params, options, folder, stages._noop)
+    searched, lists, counts = ray_engine.knn_stage(
+        corpus_, params, folder, tmp_path / "work", options, stages._noop
+    )
+    assert counts["shards"] == 3 and counts["index"] == index
+    assert lists.sizes.sum() == 2400 and lists.edges.sum() > 0
+    found = np.concatenate(
+        [ray_engine._matrix(ray.get(s.ref).column("nbr_ids"), np.int64) for s in searched]
+    )
+    exact, _ = knn.knn_search(vectors, counts["k_max"], "flat")
+    if index == "flat":
+        assert (found[:, :10] == exact[:, :10]).mean() > 0.999  # ties may swap
+    else:
+        pairs = zip(found[:, :10], exact[:, :10], strict=True)
+        assert np.mean([len(set(a) & set(b)) / 10 for a, b in pairs]) > 0.9
+
+
 def test_embeds_with_the_model_in_an_actor_pool(ray_cluster, tmp_path):
     rows = tiny_rows()
     corpus = write_jsonl(tmp_path / "tiny.jsonl", rows)
