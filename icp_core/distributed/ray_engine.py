@@ -656,6 +656,24 @@ def _coarse(centroids: np.ndarray):
 
 
 @ray.remote
+def _train_task(settings: IvfSettings, *samples: np.ndarray) -> np.ndarray:
+    """k-means of the coarse quantizer on the sample, as `icp_core.knn` trains its IVF index:
+    the (n_lists, d) centroids."""
+    import faiss
+
+    _task_threads()
+    sample = np.concatenate(samples)
+    dim = sample.shape[1]
+    ivf = faiss.IndexIVFFlat(
+        faiss.IndexFlatIP(dim), dim, settings.n_lists, faiss.METRIC_INNER_PRODUCT
+    )
+    ivf.cp.niter = settings.n_iter
+    ivf.cp.min_points_per_centroid = 16  # as in icp_core.knn: the sample is enough
+    ivf.train(sample)  # its coarse lists also define the order stage's partitions
+    return ivf.quantizer.reconstruct_n(0, settings.n_lists)
+
+
+@ray.remote
 def _shard_task(centroids: np.ndarray, kind: str, directories: list[str], path: str) -> int:
     """Build one index shard over some blocks with the driver's trained coarse quantizer (an
     IVF shard, or a flat one for exact search) and write it to `path`."""
@@ -821,8 +839,6 @@ def knn_stage(
     Returns:
         The searched blocks, the IVF lists' sizes and edges, and the stage counts.
     """
-    import faiss
-
     n_docs = corpus.n_documents
     kind = knn.resolve_index(params.index, n_docs)
     if kind == "hnsw":
@@ -830,29 +846,18 @@ def knn_stage(
     blocks = _block_ranges(n_docs, options.block_docs)
     directories = [_block_dir(folder, block) for block in range(len(blocks))]
     settings = ivf_settings(n_docs)
-    samples = _get(
-        [
-            _sample_task.remote(
-                str(directory),
-                math.ceil(settings.n_train * (stop - start) / n_docs),
-                params.seed + block,
-            )
-            for block, (directory, (start, stop)) in enumerate(
-                zip(directories, blocks, strict=True)
-            )
-        ]
+    samples = [
+        _sample_task.remote(
+            str(directory),
+            math.ceil(settings.n_train * (stop - start) / n_docs),
+            params.seed + block,
+        )
+        for block, (directory, (start, stop)) in enumerate(zip(directories, blocks, strict=True))
+    ]
+    # the driver holds neither the sample nor the index: only the trained centroids
+    centroids = _get(
+        _train_task.options(num_cpus=_cluster_cpus_gpus()[0]).remote(settings, *samples)
     )
-    sample = np.concatenate(samples)
-    del samples
-    dim = sample.shape[1]
-    ivf = faiss.IndexIVFFlat(
-        faiss.IndexFlatIP(dim), dim, settings.n_lists, faiss.METRIC_INNER_PRODUCT
-    )
-    ivf.cp.niter = settings.n_iter
-    ivf.cp.min_points_per_centroid = 16  # as in icp_core.knn: the sample is enough
-    ivf.train(sample)  # its coarse lists also define the order stage's partitions
-    centroids = ivf.quantizer.reconstruct_n(0, settings.n_lists)
-    del ivf, sample
     centroids_ref = ray.put(centroids)
     work.mkdir(parents=True, exist_ok=True)
     groups = _shard_groups(directories, blocks, options.shard_docs)
