@@ -136,6 +136,11 @@ TEXT_DIFFERS = "text differs from the stored document; pass --update"
 FIELDS_DIFFER = "fields other than the text differ from the stored document; pass --update"
 
 
+def duplicate_id_reason(doc_id: str, first_place: str) -> str:
+    """The reject reason of a row whose id an earlier row (at `first_place`, file:line) took."""
+    return f"duplicate id '{doc_id}' (first at {first_place})"
+
+
 def _row_fates(ws: Workspace, parsed: ParsedSource, hashes: list[str], update: bool) -> _RowFates:
     """Match a parse's rows by id against each other and the stored documents (the rules are
     `run_ingest`'s); `hashes` are the rows' text hashes."""
@@ -159,7 +164,7 @@ def _row_fates(ws: Workspace, parsed: ParsedSource, hashes: list[str], update: b
     for pair in inner:
         row, first = pair["row"], pair["first_row"]
         first_place = f"{parsed.files[first]}:{parsed.lines[first]}"
-        rejected[row] = f"duplicate id '{parsed.ids[row]}' (first at {first_place})"
+        rejected[row] = duplicate_id_reason(parsed.ids[row], first_place)
     replaced: list[tuple[int, int]] = []
     moved: list[tuple[int, int]] = []
     unchanged = 0
@@ -180,7 +185,7 @@ def _row_fates(ws: Workspace, parsed: ParsedSource, hashes: list[str], update: b
             replaced.append((row, match["doc"]))
         elif not same_file:
             first_place = f"{match['source']}:{match['line']}"
-            rejected[row] = f"duplicate id '{parsed.ids[row]}' (first at {first_place})"
+            rejected[row] = duplicate_id_reason(parsed.ids[row], first_place)
         elif not same_text:
             rejected[row] = TEXT_DIFFERS
         else:

@@ -59,7 +59,7 @@ from icp_core import (
 )
 from icp_core.distributed import partition
 from icp_core.errors import IcpError
-from icp_core.ingest import check_input, detect_format, parse_source
+from icp_core.ingest import RAW_PREVIEW_CHARS, check_input, detect_format, parse_source
 from icp_core.params import Params
 from icp_core.pipeline import StageOutcome
 
@@ -399,8 +399,8 @@ def _duplicate_id_rows(accepted: list[tuple]) -> dict[int, tuple[np.ndarray, pa.
             first_place[doc_id] = where
             continue
         drops.setdefault(s, []).append(r)
-        reason = f"duplicate id '{doc_id}' (first at {first_place[doc_id]})"
-        rejects.setdefault(s, []).append((line, doc_id, reason, text[:200]))
+        reason = stages.duplicate_id_reason(doc_id, first_place[doc_id])
+        rejects.setdefault(s, []).append((line, doc_id, reason, text[:RAW_PREVIEW_CHARS]))
     return {
         s: (np.asarray(rows, dtype=np.int64), _rejects_table(accepted[s][1]["source"], rejects[s]))
         for s, rows in drops.items()
@@ -697,6 +697,14 @@ def _shard_task(centroids: np.ndarray, kind: str, directories: list[str], path: 
     return n_docs
 
 
+def _merge_top(ids: np.ndarray, sims: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's best `keep` candidates, ties to the lower id (ids grow with doc), -1 last."""
+    by_id = np.argsort(np.where(ids < 0, np.iinfo(np.int64).max, ids), axis=1, kind="stable")
+    best = np.argsort(-np.take_along_axis(sims, by_id, axis=1), axis=1, kind="stable")
+    pick = np.take_along_axis(by_id, best[:, :keep], axis=1)
+    return np.take_along_axis(ids, pick, axis=1), np.take_along_axis(sims, pick, axis=1)
+
+
 @ray.remote(num_returns=2)
 def _search_task(
     shards: list[str],
@@ -728,12 +736,12 @@ def _search_task(
     sims = np.zeros((len(doc), k_max), dtype=np.float32)
     lists = np.full((len(doc), k_max), -1, dtype=np.int64)
     if n_docs > 1:
-        found_ids = np.full((len(doc), searched * len(shards)), -1, dtype=np.int64)
-        found_sims = np.full((len(doc), searched * len(shards)), -np.inf, dtype=np.float32)
-        for number, shard in enumerate(shards):
+        # the best `searched` so far, merged with each shard's as it comes
+        top_ids = np.full((len(doc), searched), -1, dtype=np.int64)
+        top_sims = np.full((len(doc), searched), -np.inf, dtype=np.float32)
+        for shard in shards:
             # a shard's lists are memory-mapped: the tasks of one node share one copy
             index = faiss.read_index(shard, faiss.IO_FLAG_MMAP)
-            columns = slice(number * searched, (number + 1) * searched)
             for lo in range(0, len(doc), _QUERY_BATCH):
                 hi = min(lo + _QUERY_BATCH, len(doc))
                 if isinstance(index, faiss.IndexIVF):
@@ -743,15 +751,12 @@ def _search_task(
                     )
                 else:
                     d, i = index.search(vectors[lo:hi], searched)
-                found_ids[lo:hi, columns] = i
-                found_sims[lo:hi, columns] = np.where(i >= 0, d, -np.inf)
+                top_ids[lo:hi], top_sims[lo:hi] = _merge_top(
+                    np.hstack([top_ids[lo:hi], i]),
+                    np.hstack([top_sims[lo:hi], np.where(i >= 0, d, -np.inf)]),
+                    searched,
+                )
             del index
-        # best `searched` over the shards, ties to the lower document (ids grow with doc)
-        by_id = np.argsort(np.where(found_ids < 0, np.iinfo(np.int64).max, found_ids), axis=1)
-        best = np.argsort(-np.take_along_axis(found_sims, by_id, axis=1), axis=1, kind="stable")
-        pick = np.take_along_axis(by_id, best[:, :searched], axis=1)
-        top_ids = np.take_along_axis(found_ids, pick, axis=1)
-        top_sims = np.take_along_axis(found_sims, pick, axis=1)
         top_docs, top_lists = _unpack_ids(top_ids)
         kept_docs, kept_sims = knn._drop_self(top_docs, top_sims, doc)
         _, kept_lists = knn._drop_self(top_docs, top_lists, doc)  # the same columns
