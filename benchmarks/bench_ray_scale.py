@@ -9,7 +9,8 @@ Input: synthetic clustered unit vectors (`--vectors FILE.npy`, written here when
 JSONL of short texts, one per vector (`d<i> c<cluster>`), run through every stage of
 `icp run --engine ray` on a local Ray cluster (`--cpus`, 2 by default).
 
-Peak RSS is the kernel's high-water mark (VmHWM): the driver's own, and each Ray process
+Peak RSS is the kernel's high-water mark (VmHWM), reset (`/proc/self/clear_refs`) when the
+run starts, so writing the inputs does not count: the driver's own, and each Ray process
 started under it (workers, raylet, GCS), sampled every second. The object store's shared memory
 counts in the RSS of every process that maps it, so the workers' figures overlap.
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import threading
@@ -71,6 +71,11 @@ def _status(pid: int, field: str) -> int:
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         pass
     return 0
+
+
+def reset_peak() -> None:
+    """Restart this process's VmHWM from its current RSS (Linux >= 4.0)."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 def _descendants(pid: int) -> list[int]:
@@ -128,12 +133,14 @@ def run_ray(corpus: Path, vectors: Path, out: Path, cpus: int, k: int) -> dict:
     params = Params(k=k, vectors=str(vectors), context_length=2048)
     options = ray_engine.RayOptions()
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
+    reset_peak()
     started = time.time()
     with PeakWatcher() as watcher:
         outcomes, manifest = ray_engine.run_pipeline(
             [str(corpus)], params, out, options, overwrite=True
         )
     seconds = time.time() - started
+    driver_peak = _status(os.getpid(), "VmHWM")
     ray.shutdown()
     workers = [peak for name, peak in watcher.peaks.values() if name.startswith("ray::")]
     others = {name: peak for name, peak in watcher.peaks.values() if not name.startswith("ray::")}
@@ -141,7 +148,7 @@ def run_ray(corpus: Path, vectors: Path, out: Path, cpus: int, k: int) -> dict:
         "seconds": round(seconds, 1),
         "stages": {o.stage: round(o.seconds, 1) for o in outcomes},
         "knn": next(o.counts for o in outcomes if o.stage == "knn"),
-        "driver_peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB,
+        "driver_peak_gb": driver_peak / GB,
         "worker_peak_gb_max": max(workers, default=0) / GB,
         "worker_processes": len(workers),
         "other_ray_processes_gb": {name: round(p / GB, 2) for name, p in others.items()},
@@ -162,8 +169,12 @@ def run_local_child(corpus: Path, vectors: Path, n_docs: int, k: int, folder: Pa
     with open(corpus) as src, open(small_corpus, "w") as dst:
         for _, line in zip(range(n_docs), src, strict=False):
             dst.write(line)
+    # the child's ru_maxrss would include this process's RSS at the fork: read its own VmHWM,
+    # reset when it starts
     code = f"""
-import resource, sys, time
+import sys, time
+from pathlib import Path
+Path("/proc/self/clear_refs").write_text("5")
 from icp_core import pipeline
 from icp_core.params import Params
 from icp_core.workspace import Workspace
@@ -172,7 +183,8 @@ started = time.time()
 with Workspace({str(folder / f"local-{n_docs}.duckdb")!r}) as ws:
     pipeline.ingest(ws, [{str(small_corpus)!r}], params)
     pipeline.run(ws, params)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, time.time() - started)
+hwm = [x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("VmHWM")]
+print(int(hwm[0].split()[1]) * 1024, time.time() - started)
 """
     (folder / f"local-{n_docs}.duckdb").unlink(missing_ok=True)
     done = subprocess.run(
