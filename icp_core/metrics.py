@@ -7,6 +7,8 @@ graph as CSR, labels and word ids. `stages.run_metrics` gathers them from the wo
 from __future__ import annotations
 
 import re
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,18 +32,44 @@ class WordIds:
     log_p_uni: np.ndarray
 
 
-def word_ids(texts: list[str], max_words: int = CACHE_MAX_WORDS) -> WordIds:
-    """Lower-cased `[a-z0-9_]+` words (first `max_words` per text) mapped to ids."""
+def _words(text: str, max_words: int) -> list[str]:
+    return _WORD.findall(text[: max_words * 64].lower())[:max_words]
+
+
+def word_counts(texts: list[str], max_words: int = CACHE_MAX_WORDS) -> Counter:
+    """How often each word occurs in the texts' first `max_words` words: merged (added) over
+    disjoint sets of documents, the corpus-wide counts `word_ids` takes as `corpus_counts`."""
+    counts: Counter = Counter()
+    for text in texts:
+        counts.update(_words(text, max_words))
+    return counts
+
+
+def word_ids(
+    texts: list[str],
+    max_words: int = CACHE_MAX_WORDS,
+    corpus_counts: Mapping[str, int] | None = None,
+) -> WordIds:
+    """Lower-cased `[a-z0-9_]+` words (first `max_words` per text) mapped to ids.
+
+    The unigram model is fitted on `texts`, or on `corpus_counts` (`word_counts` of the whole
+    corpus, these texts among them) when a partition of the corpus is scored on its own.
+    """
     vocabulary: dict[str, int] = {}
     flat: list[int] = []
     offsets = np.zeros(len(texts) + 1, dtype=np.int64)
     for index, text in enumerate(texts):
-        words = _WORD.findall(text[: max_words * 64].lower())[:max_words]
+        words = _words(text, max_words)
         flat.extend(vocabulary.setdefault(word, len(vocabulary)) for word in words)
         offsets[index + 1] = len(flat)
     ids = np.asarray(flat, dtype=np.int64)
-    counts = np.bincount(ids, minlength=len(vocabulary)).astype(np.float64)
-    log_p_uni = np.log((counts + 1.0) / (counts.sum() + len(vocabulary)))
+    if corpus_counts is None:
+        counts = np.bincount(ids, minlength=len(vocabulary)).astype(np.float64)
+        total, n_words = counts.sum(), len(vocabulary)
+    else:
+        counts = np.asarray([corpus_counts[word] for word in vocabulary], dtype=np.float64)
+        total, n_words = float(sum(corpus_counts.values())), len(corpus_counts)
+    log_p_uni = np.log((counts + 1.0) / (total + n_words))
     return WordIds(ids, offsets, log_p_uni)
 
 
@@ -83,13 +111,19 @@ def context_pairwise_similarity(packing: Packing, vectors: np.ndarray) -> np.nda
     return (norms[multi] - self_dots[multi]) / (sizes[multi] * (sizes[multi] - 1))
 
 
-def context_cache_gain(packing: Packing, words: WordIds) -> float | None:
-    """Mean gain (nats/word) from a cache of the preceding documents of the same context."""
+def cache_gains(packing: Packing, words: WordIds) -> np.ndarray:
+    """The gain (nats/word) of every piece that has a cache: preceding documents of its
+    context (the terms context_cache_gain averages)."""
     packing = packing.content_pieces()
     gains = _kernels.cache_gain_per_piece(
         packing.context, packing.doc, words.ids, words.offsets, words.log_p_uni, CACHE_LAMBDA
     )
-    gains = gains[np.isfinite(gains)]
+    return gains[np.isfinite(gains)]
+
+
+def context_cache_gain(packing: Packing, words: WordIds) -> float | None:
+    """Mean gain (nats/word) from a cache of the preceding documents of the same context."""
+    gains = cache_gains(packing, words)
     return float(gains.mean()) if len(gains) else None
 
 
@@ -138,6 +172,35 @@ def packing_metrics(
         labels: (N,) labels by document, or None.
         words: word ids for context_cache_gain, or None to skip it.
     """
+    measured, _ = packing_terms(
+        packing, vectors, doc_tokens, context_length, neighbor_ids, labels, words
+    )
+    return measured
+
+
+# each mean of packing_metrics and the count of terms it averages (in packing_terms' weights)
+MEAN_WEIGHTS = {
+    "adjacent_sim_mean": "n_transitions",
+    "context_pairwise_sim_mean": "n_multi_contexts",
+    "jump_rate": "n_transitions",
+    "label_agreement": "n_transitions",
+    "token_efficiency": "n_contexts",
+    "context_cache_gain": "n_cache_pieces",
+}
+
+
+def packing_terms(
+    packing: Packing,
+    vectors: np.ndarray,
+    doc_tokens: np.ndarray,
+    context_length: int,
+    neighbor_ids: np.ndarray,
+    labels: np.ndarray | None,
+    words: WordIds | None,
+) -> tuple[dict[str, float | int | None], dict[str, int]]:
+    """`packing_metrics` and how many terms each of its means averages: the weights that
+    combine the metrics of packings of disjoint documents into their union's
+    (`combine_packing_metrics`). Same arguments as `packing_metrics`."""
     first, second = adjacent_pairs(packing)
     adjacent = pair_similarity(vectors, first, second) if len(first) else np.zeros(0)
     pairwise = context_pairwise_similarity(packing, vectors)
@@ -150,15 +213,37 @@ def packing_metrics(
         label_agreement = float((labels[first] == labels[second]).mean())
     doc_tokens_packed = int((packing.end - packing.start).sum())
     capacity = packing.n_contexts * context_length
-    return {
+    gains = cache_gains(packing, words) if words is not None else np.zeros(0)
+    measured = {
         "adjacent_sim_mean": float(adjacent.mean()) if len(adjacent) else None,
         "context_pairwise_sim_mean": float(pairwise.mean()) if len(pairwise) else None,
         "jump_rate": jump_rate,
         "label_agreement": label_agreement,
         "token_efficiency": doc_tokens_packed / capacity if capacity else None,
-        "context_cache_gain": context_cache_gain(packing, words) if words is not None else None,
+        "context_cache_gain": float(gains.mean()) if len(gains) else None,
         "n_transitions": int(len(first)),
     }
+    weights = {
+        "n_transitions": int(len(first)),
+        "n_multi_contexts": int(len(pairwise)),
+        "n_contexts": int(packing.n_contexts),
+        "n_cache_pieces": int(len(gains)),
+    }
+    return measured, weights
+
+
+def combine_packing_metrics(
+    parts: list[tuple[dict[str, float | int | None], dict[str, int]]],
+) -> dict[str, float | int | None]:
+    """The `packing_metrics` of a packing made of packings of disjoint documents (no context
+    spans two), from each part's `packing_terms`: every mean weighted by its term count."""
+    combined: dict[str, float | int | None] = {}
+    for key, weight in MEAN_WEIGHTS.items():
+        pairs = [(m[key], w[weight]) for m, w in parts if m.get(key) is not None and w[weight]]
+        total = sum(w for _, w in pairs)
+        combined[key] = sum(v * w for v, w in pairs) / total if total else None
+    combined["n_transitions"] = int(sum(w["n_transitions"] for _, w in parts))
+    return combined
 
 
 def path_upper_bounds(

@@ -135,6 +135,11 @@ TEXT_DIFFERS = "text differs from the stored document; pass --update"
 FIELDS_DIFFER = "fields other than the text differ from the stored document; pass --update"
 
 
+def duplicate_id_reason(doc_id: str, first_place: str) -> str:
+    """The reject reason of a row whose id an earlier row (at `first_place`, file:line) took."""
+    return f"duplicate id '{doc_id}' (first at {first_place})"
+
+
 def _row_fates(ws: Workspace, parsed: ParsedSource, hashes: list[str], update: bool) -> _RowFates:
     """Match a parse's rows by id against each other and the stored documents (the rules are
     `run_ingest`'s); `hashes` are the rows' text hashes."""
@@ -158,7 +163,7 @@ def _row_fates(ws: Workspace, parsed: ParsedSource, hashes: list[str], update: b
     for pair in inner:
         row, first = pair["row"], pair["first_row"]
         first_place = f"{parsed.files[first]}:{parsed.lines[first]}"
-        rejected[row] = f"duplicate id '{parsed.ids[row]}' (first at {first_place})"
+        rejected[row] = duplicate_id_reason(parsed.ids[row], first_place)
     replaced: list[tuple[int, int]] = []
     moved: list[tuple[int, int]] = []
     unchanged = 0
@@ -179,7 +184,7 @@ def _row_fates(ws: Workspace, parsed: ParsedSource, hashes: list[str], update: b
             replaced.append((row, match["doc"]))
         elif not same_file:
             first_place = f"{match['source']}:{match['line']}"
-            rejected[row] = f"duplicate id '{parsed.ids[row]}' (first at {first_place})"
+            rejected[row] = duplicate_id_reason(parsed.ids[row], first_place)
         elif not same_text:
             rejected[row] = TEXT_DIFFERS
         else:
@@ -615,7 +620,15 @@ def _apply_near_copy_filter(
         "SELECT left(text, ?) AS prefix FROM documents ORDER BY doc",
         [dedup.NEAR_COPY_PREFIX_CHARS],
     )
-    drop, copy_of = dedup.find_near_copies(prefixes.column("prefix").to_pylist(), order)
+    return near_copy_filter(prefixes.column("prefix").to_pylist(), order, vectors)
+
+
+def near_copy_filter(
+    texts: list[str], order: np.ndarray, vectors: np.ndarray
+) -> tuple[np.ndarray, dict]:
+    """`order` without the near copies of their previous kept document, and the drops (doc,
+    kept_doc, sim, reason) as order_drops records them; texts and vectors indexed by doc."""
+    drop, copy_of = dedup.find_near_copies(texts, order)
     dropped, kept_for = order[drop], copy_of[drop]
     sims = metrics.pair_similarity(vectors, dropped, kept_for) if len(dropped) else np.zeros(0)
     drops = {

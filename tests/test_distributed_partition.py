@@ -56,8 +56,8 @@ def test_drop_removed_moves_neighbours_up():
 
 
 def reference_cut(order, local_ids, sims, outside):
-    """cut_path step by step: a step is kept when it is a kNN edge at least as similar as
-    every outside neighbour of its two documents."""
+    """cut_path step by step: a step is kept when it is at least as similar as every outside
+    neighbour of its two documents (a jump: when they have none)."""
     starts, jumps = [0], 0
     for i in range(1, len(order)):
         x, y = order[i - 1], order[i]
@@ -69,7 +69,7 @@ def reference_cut(order, local_ids, sims, outside):
         )
         if not listed:
             jumps += 1
-        if not listed or best_outside > max(listed):
+        if best_outside > max(listed, default=-np.inf):
             starts.append(i)
     return starts, jumps
 
@@ -109,6 +109,10 @@ class TestCutPath:
         starts, jumps = partition.cut_path(np.zeros(0, np.int64), none, none, none.astype(bool))
         assert starts.tolist() == [] and jumps == 0
         one = np.full((1, 3), -1)
+        # a jump between documents with no neighbour outside stays, as the local path has it
+        starts, jumps = partition.cut_path(np.array([0, 1]), np.full((2, 3), -1), np.zeros((2, 3)),
+                                           np.zeros((2, 3), bool))  # fmt: skip
+        assert starts.tolist() == [0] and jumps == 1
         starts, jumps = partition.cut_path(np.array([0]), one, np.zeros((1, 3)), one > 0)
         assert starts.tolist() == [0] and jumps == 0
 

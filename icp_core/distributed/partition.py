@@ -32,11 +32,6 @@ PARTITION_SLACK = 1.1
 FIXED_LINK_WEIGHT = 8.0
 
 
-def ivf_list_count(n_docs: int) -> int:
-    """Coarse lists of the IVF index: the sizing of `icp_core.knn` (4 sqrt(N), >= 39 docs each)."""
-    return max(1, min(int(4 * math.sqrt(n_docs)), n_docs // 39))
-
-
 def localize(neighbor_ids: np.ndarray, members: np.ndarray) -> np.ndarray:
     """Global neighbour ids mapped to positions in `members`, -1 for non-members.
 
@@ -164,9 +159,10 @@ def cut_path(
 ) -> tuple[np.ndarray, int]:
     """Where a partition's path is cut into fragments for stitching.
 
-    A step is cut when it is a jump (not a kNN edge), or when one of its two documents has a
-    kNN neighbour in another partition more similar than the step's edge: stitching may then
-    link it there instead (and re-link the step when nothing better comes).
+    A step is cut when one of its two documents has a kNN neighbour in another partition more
+    similar than the step's edge (any neighbour, for a jump): stitching may then link it there
+    instead (and re-link the step when nothing better comes). Other steps, the method's own
+    jumps among them, stay: with no neighbour outside (P = 1) the path is the local engine's.
 
     Args:
         order: (M,) int64 the path, positions in the partition's documents.
@@ -183,7 +179,7 @@ def cut_path(
     >>> outside = np.array([[False, True], [False, False], [False, False]])
     >>> starts, jumps = cut_path(np.array([0, 1, 2]), ids, sims, outside)
     >>> starts.tolist(), jumps
-    ([0, 1, 2], 1)
+    ([0, 1], 1)
     """
     if len(order) == 0:
         return np.zeros(0, dtype=np.int64), 0
@@ -194,7 +190,7 @@ def cut_path(
     step = np.maximum(forward, backward)
     best_outside = np.where(outside[order], sims, -np.inf).max(axis=1)
     jump = np.isneginf(step)
-    cut = jump | (best_outside[:-1] > step) | (best_outside[1:] > step)
+    cut = (best_outside[:-1] > step) | (best_outside[1:] > step)
     return np.r_[0, np.flatnonzero(cut) + 1].astype(np.int64), int(jump.sum())
 
 
@@ -246,8 +242,9 @@ def plan_stitching(
     (greedy matching of ends along kNN edges, best first, no cycles, then 2-opt and ejection
     chains), each fragment a fixed link between its two ends; then each partition's own joins
     (its path order) where both ends are still free. Each chain of fragments goes whole to the
-    partition that holds most of its documents (lowest on ties); a partition's chains come in
-    the order of their lowest end (`chain_fragments`).
+    partition that holds most of its documents (lowest on ties), walked in the direction most
+    of its documents had (`_forward_chains`); a partition's chains come in the order of their
+    lowest end (`chain_fragments`).
 
     Args:
         fragment_partition, fragment_start, fragment_length: (F,) fragments, partition by
@@ -265,7 +262,7 @@ def plan_stitching(
     ...     np.array([10, 11, 20, 20]), np.array([[-1], [20], [11], [11]]),
     ...     np.array([[0], [0.8], [0.8], [0.8]]), 2)
     >>> plan.home.tolist(), plan.origin.tolist(), plan.reverse.tolist(), plan.across
-    ([0, 0], [1, 0], [True, True], 1)
+    ([0, 0], [0, 1], [False, False], 1)
     """
     n_fragments = len(fragment_partition)
     n_ends = 2 * n_fragments
@@ -301,6 +298,7 @@ def plan_stitching(
     reverse = order[0::2] % 2 == 1
     chained = (links[order[1:-1:2]] == order[2::2, None]).any(axis=1)
     chain = np.r_[0, np.cumsum(~chained)].astype(np.int64)
+    fragment, reverse = _forward_chains(fragment, reverse, chain, fragment_length)
     origin = partition_of[fragment]
     length = np.asarray(fragment_length, dtype=np.int64)[fragment]
     home = _majority(chain, origin, length, n_partitions)[chain]
@@ -315,6 +313,30 @@ def plan_stitching(
         links=int(joined),
         across=across,
     )
+
+
+def _forward_chains(
+    fragment: np.ndarray, reverse: np.ndarray, chain: np.ndarray, fragment_length: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Walk each chain in the direction most of its documents have in their partition's path
+    (a chain of one partition's own joins is then that path as it was ordered).
+
+    >>> f, r = _forward_chains(np.array([1, 0, 2]), np.array([True, True, False]),
+    ...     np.array([0, 0, 1]), np.array([3, 4, 5]))
+    >>> f.tolist(), r.tolist()
+    ([0, 1, 2], [False, False, False])
+    """
+    length = np.asarray(fragment_length, dtype=np.float64)[fragment]
+    backward = np.bincount(chain, weights=length * reverse)
+    forward = np.bincount(chain, weights=length * ~reverse)
+    flip = backward > forward
+    if not flip.any():
+        return fragment, reverse
+    first = np.searchsorted(chain, np.arange(len(flip)))
+    size = np.bincount(chain, minlength=len(flip))
+    at = np.arange(len(fragment))
+    source = np.where(flip[chain], first[chain] + size[chain] - 1 - (at - first[chain]), at)
+    return fragment[source], reverse[source] ^ flip[chain]
 
 
 def _end_neighbors(

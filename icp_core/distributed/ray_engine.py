@@ -31,6 +31,7 @@ import logging
 import math
 import shutil
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -58,7 +59,7 @@ from icp_core import (
 )
 from icp_core.distributed import partition
 from icp_core.errors import IcpError
-from icp_core.ingest import check_input, detect_format, parse_source
+from icp_core.ingest import RAW_PREVIEW_CHARS, check_input, detect_format, parse_source
 from icp_core.params import Params
 from icp_core.pipeline import StageOutcome
 
@@ -75,8 +76,9 @@ CONTEXTS_PER_FILE = 10_000
 # Auto partition count: one traversal task per this many kept documents (a 2M-document walk
 # needs about 1 GB and a minute on one core).
 PARTITION_DOCS = 2_000_000
-# IVF training sample per list, as in `icp_core.knn`.
-TRAIN_PER_LIST = 64
+# Documents per kNN index shard (one task builds each; every search task reads all of them):
+# 1M 384-d float vectors are 1.5 GB.
+SHARD_DOCS = 1_048_576
 _QUERY_BATCH = 8192
 
 
@@ -90,7 +92,7 @@ class RayOptions:
 
     address: a cluster to join (`ray://host:10001`, `host:6379`, `auto`); None starts a local one.
     partitions: P for the order stage; None: one per `PARTITION_DOCS` kept documents.
-    block_docs, contexts_per_file: work and output granularity.
+    block_docs, shard_docs, contexts_per_file: work, index and output granularity.
     stitch: join the partitions' path fragments across partitions (off only to measure what
         it brings: benchmarks/bench_partitioned.py).
     init_args: extra `ray.init` arguments for a local cluster (tests cap CPUs and memory).
@@ -99,6 +101,7 @@ class RayOptions:
     address: str | None = None
     partitions: int | None = None
     block_docs: int = BLOCK_DOCS
+    shard_docs: int = SHARD_DOCS
     contexts_per_file: int = CONTEXTS_PER_FILE
     stitch: bool = True
     init_args: dict[str, Any] = field(default_factory=dict)
@@ -396,8 +399,8 @@ def _duplicate_id_rows(accepted: list[tuple]) -> dict[int, tuple[np.ndarray, pa.
             first_place[doc_id] = where
             continue
         drops.setdefault(s, []).append(r)
-        reason = f"duplicate id '{doc_id}' (first at {first_place[doc_id]})"
-        rejects.setdefault(s, []).append((line, doc_id, reason, text[:200]))
+        reason = stages.duplicate_id_reason(doc_id, first_place[doc_id])
+        rejects.setdefault(s, []).append((line, doc_id, reason, text[:RAW_PREVIEW_CHARS]))
     return {
         s: (np.asarray(rows, dtype=np.int64), _rejects_table(accepted[s][1]["source"], rejects[s]))
         for s, rows in drops.items()
@@ -574,10 +577,51 @@ def _embed_with_ray_data(corpus: Corpus, params: Params, options: RayOptions, fo
 @dataclass
 class Searched:
     """One block's search result: `ref` holds (doc, id, text, label, vector, list, nbr_ids,
-    nbr_sims) sorted by doc; the summary holds what the driver needs."""
+    nbr_sims) sorted by doc; the summary holds what the driver needs (n_docs, the
+    near-duplicate pairs and their lists)."""
 
     ref: Any
     summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class IvfSettings:
+    """The IVF sizing: coarse lists, training sample, k-means iterations, lists probed."""
+
+    n_lists: int
+    n_train: int
+    n_iter: int
+    n_probe: int
+
+
+def ivf_settings(n_docs: int) -> IvfSettings:
+    """`icp_core.knn`'s IVF sizing for a corpus of n_docs (its `ivf_lists`, its 32 training
+    points per list and 10 iterations, its n_lists / 48 >= IVF_MIN_PROBES probes): the one place
+    the Ray engine reads it from."""
+    n_lists = knn.ivf_lists(n_docs)
+    return IvfSettings(
+        n_lists=n_lists,
+        n_train=min(n_docs, 32 * n_lists),
+        n_iter=10,
+        n_probe=min(n_lists, max(knn.IVF_MIN_PROBES, n_lists // 48)),
+    )
+
+
+# a stored id packs the document and its IVF list, so a search result names both and no task
+# needs a global doc -> list table: id = doc << LIST_BITS | list
+LIST_BITS = 24
+
+
+def _pack_ids(doc: np.ndarray, lists: np.ndarray) -> np.ndarray:
+    return (doc.astype(np.int64) << LIST_BITS) | lists.astype(np.int64)
+
+
+def _unpack_ids(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(doc, list), -1 for both where ids is -1."""
+    missing = ids < 0
+    doc = np.where(missing, -1, ids >> LIST_BITS)
+    lists = np.where(missing, -1, ids & ((1 << LIST_BITS) - 1))
+    return doc, lists
 
 
 @ray.remote
@@ -595,11 +639,78 @@ def _read_block(directory: Path) -> tuple[np.ndarray, np.ndarray]:
     return doc[by_doc], _matrix(table.column("vector"), np.float32)[by_doc]
 
 
+def _task_threads() -> None:
+    import faiss
+
+    faiss.omp_set_num_threads(
+        max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+    )
+
+
+def _coarse(centroids: np.ndarray):
+    import faiss
+
+    quantizer = faiss.IndexFlatIP(centroids.shape[1])
+    quantizer.add(centroids)
+    return quantizer
+
+
+@ray.remote
+def _train_task(settings: IvfSettings, *samples: np.ndarray) -> np.ndarray:
+    """k-means of the coarse quantizer on the sample, as `icp_core.knn` trains its IVF index:
+    the (n_lists, d) centroids."""
+    import faiss
+
+    _task_threads()
+    sample = np.concatenate(samples)
+    dim = sample.shape[1]
+    ivf = faiss.IndexIVFFlat(
+        faiss.IndexFlatIP(dim), dim, settings.n_lists, faiss.METRIC_INNER_PRODUCT
+    )
+    ivf.cp.niter = settings.n_iter
+    ivf.cp.min_points_per_centroid = 16  # as in icp_core.knn: the sample is enough
+    ivf.train(sample)  # its coarse lists also define the order stage's partitions
+    return ivf.quantizer.reconstruct_n(0, settings.n_lists)
+
+
+@ray.remote
+def _shard_task(centroids: np.ndarray, kind: str, directories: list[str], path: str) -> int:
+    """Build one index shard over some blocks with the driver's trained coarse quantizer (an
+    IVF shard, or a flat one for exact search) and write it to `path`."""
+    import faiss
+
+    _task_threads()
+    quantizer = _coarse(centroids)
+    n_lists, dim = centroids.shape
+    if kind == "flat":
+        index = faiss.IndexIDMap(faiss.IndexFlatIP(dim))
+    else:
+        index = faiss.IndexIVFFlat(quantizer, dim, n_lists, faiss.METRIC_INNER_PRODUCT)
+        index.is_trained = True
+    n_docs = 0
+    for directory in directories:
+        doc, vectors = _read_block(Path(directory))
+        lists = quantizer.search(vectors, 1)[1][:, 0]
+        index.add_with_ids(vectors, _pack_ids(doc, lists))
+        n_docs += len(doc)
+    faiss.write_index(index, path)
+    return n_docs
+
+
+def _merge_top(ids: np.ndarray, sims: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's best `keep` candidates, ties to the lower id (ids grow with doc), -1 last."""
+    by_id = np.argsort(np.where(ids < 0, np.iinfo(np.int64).max, ids), axis=1, kind="stable")
+    best = np.argsort(-np.take_along_axis(sims, by_id, axis=1), axis=1, kind="stable")
+    pick = np.take_along_axis(by_id, best[:, :keep], axis=1)
+    return np.take_along_axis(ids, pick, axis=1), np.take_along_axis(sims, pick, axis=1)
+
+
 @ray.remote(num_returns=2)
 def _search_task(
-    index_path: str,
-    doc_list: np.ndarray,
-    n_lists: int,
+    shards: list[str],
+    centroids: np.ndarray,
+    n_probe: int,
+    n_docs: int,
     directory: str,
     start: int,
     stop: int,
@@ -608,27 +719,50 @@ def _search_task(
     threshold: float | None,
     *pieces: Any,
 ) -> tuple[pa.Table, dict[str, Any]]:
+    """Search one block against every shard (coarse lists assigned once), merge each query's
+    top candidates across shards, and return the block's table and summary."""
     import faiss
 
-    faiss.omp_set_num_threads(
-        max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
-    )
-    # IVF lists are memory-mapped: the search tasks of one node share one copy (page cache)
-    index = faiss.read_index(index_path, faiss.IO_FLAG_MMAP)
+    _task_threads()
     doc, vectors = _read_block(Path(directory))
     if not np.array_equal(doc, np.arange(start, stop)):
         raise IcpError(f"{directory}: embeddings do not cover documents {start}..{stop - 1}")
-    n_docs = len(doc_list)
+    quantizer = _coarse(centroids)
+    n_lists = len(centroids)
+    probe_sims, probes = quantizer.search(vectors, n_probe)
+    own_list = probes[:, 0]
     searched = min(k_max, n_docs - 1) + 1  # one extra column for the document itself
     ids = np.full((len(doc), k_max), -1, dtype=np.int64)
     sims = np.zeros((len(doc), k_max), dtype=np.float32)
+    lists = np.full((len(doc), k_max), -1, dtype=np.int64)
     if n_docs > 1:
-        for lo in range(0, len(doc), _QUERY_BATCH):
-            hi = min(lo + _QUERY_BATCH, len(doc))
-            found_sims, found_ids = index.search(vectors[lo:hi], searched)
-            kept_ids, kept_sims = knn._drop_self(found_ids, found_sims, doc[lo:hi])
-            ids[lo:hi, : searched - 1] = kept_ids
-            sims[lo:hi, : searched - 1] = kept_sims
+        # the best `searched` so far, merged with each shard's as it comes
+        top_ids = np.full((len(doc), searched), -1, dtype=np.int64)
+        top_sims = np.full((len(doc), searched), -np.inf, dtype=np.float32)
+        for shard in shards:
+            # a shard's lists are memory-mapped: the tasks of one node share one copy
+            index = faiss.read_index(shard, faiss.IO_FLAG_MMAP)
+            for lo in range(0, len(doc), _QUERY_BATCH):
+                hi = min(lo + _QUERY_BATCH, len(doc))
+                if isinstance(index, faiss.IndexIVF):
+                    index.nprobe = n_probe
+                    d, i = index.search_preassigned(
+                        vectors[lo:hi], searched, probes[lo:hi], probe_sims[lo:hi]
+                    )
+                else:
+                    d, i = index.search(vectors[lo:hi], searched)
+                top_ids[lo:hi], top_sims[lo:hi] = _merge_top(
+                    np.hstack([top_ids[lo:hi], i]),
+                    np.hstack([top_sims[lo:hi], np.where(i >= 0, d, -np.inf)]),
+                    searched,
+                )
+            del index
+        top_docs, top_lists = _unpack_ids(top_ids)
+        kept_docs, kept_sims = knn._drop_self(top_docs, top_sims, doc)
+        _, kept_lists = knn._drop_self(top_docs, top_lists, doc)  # the same columns
+        ids[:, : searched - 1] = kept_docs
+        sims[:, : searched - 1] = kept_sims
+        lists[:, : searched - 1] = np.where(kept_docs >= 0, kept_lists, -1)
     sims[ids < 0] = 0.0
     content = _block_content(list(zip(pieces[0::2], pieces[1::2], strict=True)), start, stop)
     table = pa.table(
@@ -638,30 +772,62 @@ def _search_task(
             "text": content.column("text"),
             "label": content.column("label"),
             "vector": _fixed(vectors),
-            "list": doc_list[doc],
+            "list": own_list,
             "nbr_ids": _fixed(ids),
             "nbr_sims": _fixed(sims),
         }
     )
     # kNN edges between IVF lists: the order stage groups lists that share many
-    head_ids, head_sims = ids[:, :k], sims[:, :k]
+    head_ids, head_sims, head_lists = ids[:, :k], sims[:, :k], lists[:, :k]
     valid = head_ids >= 0
-    query_list = np.repeat(doc_list[doc].astype(np.int64), k)[valid.ravel()]
-    key = query_list * n_lists + doc_list[head_ids[valid]].astype(np.int64)
+    query_list = np.repeat(own_list.astype(np.int64), k)[valid.ravel()]
+    key = query_list * n_lists + head_lists[valid]
     pair_key, pair_count = np.unique(key, return_counts=True)
     is_dup = np.zeros_like(valid) if threshold is None else valid & (head_sims >= threshold)
     rows, cols = np.nonzero(is_dup)
     summary = {
         "n_docs": len(doc),
-        "list_first": pair_key // n_lists,
-        "list_second": pair_key % n_lists,
+        "list_key": pair_key,
         "list_edges": pair_count,
+        "list_sizes": np.bincount(own_list, minlength=n_lists),
         "dup_doc": doc[rows],
+        "dup_list": own_list[rows],
         "dup_neighbor": head_ids[rows, cols],
+        "dup_neighbor_list": head_lists[rows, cols],
         "dup_sim": head_sims[rows, cols],
-        "vector_sum": vectors.astype(np.float64).sum(axis=0),
     }
     return table, summary
+
+
+@dataclass
+class ListGraph:
+    """What the order stage groups IVF lists by: each list's documents and the kNN edges
+    between lists (key = first * n_lists + second, count), merged as the blocks come."""
+
+    n_lists: int
+    sizes: np.ndarray
+    key: np.ndarray
+    edges: np.ndarray
+
+    def add(self, summary: dict[str, Any]) -> None:
+        self.sizes += summary.pop("list_sizes")
+        key = np.concatenate([self.key, summary.pop("list_key")])
+        edges = np.concatenate([self.edges, summary.pop("list_edges")])
+        self.key, inverse = np.unique(key, return_inverse=True)
+        self.edges = np.bincount(inverse, weights=edges).astype(np.int64)
+
+
+def _shard_groups(directories: list[Path], blocks: list[tuple[int, int]], shard_docs: int):
+    """Consecutive blocks grouped into shards of at most shard_docs documents (one at least)."""
+    groups: list[list[str]] = [[]]
+    filled = 0
+    for directory, (start, stop) in zip(directories, blocks, strict=True):
+        if groups[-1] and filled + stop - start > shard_docs:
+            groups.append([])
+            filled = 0
+        groups[-1].append(str(directory))
+        filled += stop - start
+    return groups
 
 
 def knn_stage(
@@ -671,63 +837,54 @@ def knn_stage(
     work: Path,
     options: RayOptions,
     report: Report,
-) -> tuple[list[Searched], np.ndarray, dict[str, Any]]:
-    """Train an IVF index on a sample, add the blocks one by one, store it under `work`, and
-    search every block of `folder` in a task.
+) -> tuple[list[Searched], ListGraph, dict[str, Any]]:
+    """Train the coarse quantizer on a sample (all the driver holds), build the index shards
+    in tasks (each over some blocks), and search every block against every shard in a task.
 
     Returns:
-        The searched blocks, each document's IVF list (N,) int32, and the stage counts.
+        The searched blocks, the IVF lists' sizes and edges, and the stage counts.
     """
-    import faiss
-
     n_docs = corpus.n_documents
     kind = knn.resolve_index(params.index, n_docs)
     if kind == "hnsw":
         raise IcpError("--index hnsw is not available on the ray engine; use auto, flat or ivf")
     blocks = _block_ranges(n_docs, options.block_docs)
     directories = [_block_dir(folder, block) for block in range(len(blocks))]
-    n_lists = partition.ivf_list_count(n_docs)
-    n_sample = min(n_docs, TRAIN_PER_LIST * n_lists)
-    samples = _get(
+    settings = ivf_settings(n_docs)
+    samples = [
+        _sample_task.remote(
+            str(directory),
+            math.ceil(settings.n_train * (stop - start) / n_docs),
+            params.seed + block,
+        )
+        for block, (directory, (start, stop)) in enumerate(zip(directories, blocks, strict=True))
+    ]
+    # the driver holds neither the sample nor the index: only the trained centroids
+    centroids = _get(
+        _train_task.options(num_cpus=_cluster_cpus_gpus()[0]).remote(settings, *samples)
+    )
+    centroids_ref = ray.put(centroids)
+    work.mkdir(parents=True, exist_ok=True)
+    groups = _shard_groups(directories, blocks, options.shard_docs)
+    shards = [str(work / f"knn-shard-{s:05d}.index") for s in range(len(groups))]
+    _get(
         [
-            _sample_task.remote(
-                str(directory), math.ceil(n_sample * (stop - start) / n_docs), params.seed + block
-            )
-            for block, (directory, (start, stop)) in enumerate(
-                zip(directories, blocks, strict=True)
-            )
+            _shard_task.remote(centroids_ref, kind, group, shard)
+            for group, shard in zip(groups, shards, strict=True)
         ]
     )
-    sample = np.concatenate(samples)
-    dim = sample.shape[1]
-    quantizer = faiss.IndexFlatIP(dim)
-    ivf = faiss.IndexIVFFlat(quantizer, dim, n_lists, faiss.METRIC_INNER_PRODUCT)
-    ivf.train(sample)  # its coarse lists also define the order stage's partitions
-    # exact search scans a flat index with BLAS; blocks arrive in doc order, so position = doc
-    index = faiss.IndexFlatIP(dim) if kind == "flat" else ivf
-    ivf.nprobe = min(n_lists, max(8, n_lists // 16))
-    doc_list = np.zeros(n_docs, dtype=np.int32)
-    for directory in directories:  # add shard by shard
-        doc, vectors = _read_block(directory)
-        if kind == "flat":
-            index.add(vectors)
-        else:
-            index.add_with_ids(vectors, doc)
-        doc_list[doc] = quantizer.search(vectors, 1)[1][:, 0]
-    work.mkdir(parents=True, exist_ok=True)
-    index_path = work / "knn.index"
-    faiss.write_index(index, str(index_path))
-    del index, ivf
-    doc_list_ref = ray.put(doc_list)
+    # exact (flat) search probes no lists; IVF search probes knn's count
+    n_probe = 1 if kind == "flat" else settings.n_probe
     k_max = max(params.k, stages.KNN_MIN_STORED)
     tasks = []
     for directory, (start, stop) in zip(directories, blocks, strict=True):
         pieces = [x for pair in _overlapping(corpus.shards, start, stop) for x in pair]
         tasks.append(
             _search_task.remote(
-                str(index_path),
-                doc_list_ref,
-                n_lists,
+                shards,
+                centroids_ref,
+                n_probe,
+                n_docs,
                 str(directory),
                 start,
                 stop,
@@ -737,13 +894,27 @@ def knn_stage(
                 *pieces,
             )
         )
+    graph = ListGraph(
+        settings.n_lists,
+        np.zeros(settings.n_lists, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+    )
     searched = []
     for table_ref, summary_ref in tasks:
         summary = _get(summary_ref)
+        graph.add(summary)
         searched.append(Searched(table_ref, summary))
         report(sum(s.summary["n_docs"] for s in searched), n_docs)
-    counts = {"documents": n_docs, "k_max": k_max, "index": kind, "ivf_lists": n_lists}
-    return searched, doc_list, counts
+    counts = {
+        "documents": n_docs,
+        "k_max": k_max,
+        "index": kind,
+        "ivf_lists": settings.n_lists,
+        "ivf_probes": n_probe,
+        "shards": len(shards),
+    }
+    return searched, graph, counts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -760,7 +931,7 @@ class Removed:
     sim: np.ndarray
     ids: list[str]
     kept_ids: list[str]
-    vector_sum: np.ndarray
+    lists: np.ndarray  # the IVF list of each removed document
 
 
 @ray.remote
@@ -773,16 +944,20 @@ def _take_docs(table: pa.Table, docs: np.ndarray) -> pa.Table:
 def dedup_stage(searched: list[Searched], params: Params, n_docs: int) -> Removed:
     """Group the near-duplicate pairs with `dedup.find_duplicates` over just the documents
     that have one; every group keeps its earliest document, as in the local engine."""
-    dim = len(searched[0].summary["vector_sum"])
-    empty = Removed(
-        np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), [], [], np.zeros(dim)
-    )
+    none = np.zeros(0, np.int64)
+    empty = Removed(none, none, np.zeros(0, np.float32), [], [], none)
     first = np.concatenate([s.summary["dup_doc"] for s in searched]).astype(np.int64)
     second = np.concatenate([s.summary["dup_neighbor"] for s in searched]).astype(np.int64)
     pair_sims = np.concatenate([s.summary["dup_sim"] for s in searched]).astype(np.float32)
     if params.dedup_threshold is None or not len(first):
         return empty
-    involved = np.unique(np.concatenate([first, second]))
+    involved, at_first = np.unique(np.concatenate([first, second]), return_index=True)
+    involved_list = np.concatenate(
+        [
+            np.concatenate([s.summary[key] for s in searched])
+            for key in ("dup_list", "dup_neighbor_list")
+        ]
+    )[at_first]
     local_first = np.searchsorted(involved, first)
     by_row = np.argsort(local_first, kind="stable")
     local_first, local_second = local_first[by_row], np.searchsorted(involved, second)[by_row]
@@ -814,7 +989,7 @@ def dedup_stage(searched: list[Searched], params: Params, n_docs: int) -> Remove
         sim,
         ids[at].tolist(),
         ids[kept_at].tolist(),
-        vectors[at].astype(np.float64).sum(axis=0),
+        involved_list[moved],
     )
 
 
@@ -829,12 +1004,23 @@ CONTENT_COLUMNS = ["doc", "id", "text", "label", "vector"]
 
 @ray.remote
 def _route_task(
-    table: pa.Table, list_partition: np.ndarray, removed: np.ndarray, n_partitions: int
+    table: pa.Table,
+    list_partition: np.ndarray | None,
+    removed: np.ndarray,
+    n_partitions: int,
+    seed: int,
 ) -> tuple:
     """Split one searched block by partition, dropping removed documents: P graph tables (what
-    the walk reads) then P content tables (what packing reads), so a walk never holds texts."""
+    the walk reads) then P content tables (what packing reads), so a walk never holds texts.
+
+    Partitions group IVF lists (`list_partition`), or with None are seeded random buckets (for
+    the `random` ordering: random parts of a random order are a random order)."""
     doc = _column(table, "doc")
-    part = np.where(np.isin(doc, removed), -1, list_partition[_column(table, "list")])
+    if list_partition is None:
+        home = _random_bucket(doc, seed, n_partitions)
+    else:
+        home = list_partition[_column(table, "list")]
+    part = np.where(np.isin(doc, removed), -1, home)
     masks = [pa.array(part == p) for p in range(n_partitions)]
     graph = [table.select(GRAPH_COLUMNS).filter(mask) for mask in masks]
     content = [table.select(CONTENT_COLUMNS).filter(mask) for mask in masks]
@@ -842,10 +1028,13 @@ def _route_task(
 
 
 @ray.remote(num_returns=2)
-def _traverse_task(removed: np.ndarray, k: int, method: str, seed: int, *parts: pa.Table) -> tuple:
+def _traverse_task(
+    removed: np.ndarray, k: int, width: int, method: str, seed: int, *parts: pa.Table
+) -> tuple:
     """Order one partition with `traverse.traverse` and cut the path into fragments; return the
-    path (doc and kNN lists without removed documents, in path order) and a summary: the
-    fragments and their end documents' kNN lists, all the driver needs to stitch them."""
+    path (doc and kNN lists without removed documents, in path order, `width` wide) and a
+    summary: the fragments and their end documents' kNN lists (first k), all the driver needs
+    to stitch them."""
     table = pa.concat_tables(parts)
     table = table.take(pa.array(np.argsort(_column(table, "doc"), kind="stable")))
     members = _column(table, "doc")
@@ -854,19 +1043,20 @@ def _traverse_task(removed: np.ndarray, k: int, method: str, seed: int, *parts: 
     local = partition.localize(nbr_ids, members)
     walk_ids, walk_sims = stages.restrict_graph(local, nbr_sims, np.arange(len(members)), k)
     order = traverse.traverse(walk_ids, walk_sims, method, seed)
-    kept_ids, kept_sims = partition.drop_removed(nbr_ids, nbr_sims, removed, k)
+    wide_ids, wide_sims = partition.drop_removed(nbr_ids, nbr_sims, removed, width)
+    kept_ids, kept_sims = wide_ids[:, :k], wide_sims[:, :k]
     kept_local = partition.localize(kept_ids, members)
-    starts, jumps = partition.cut_path(
-        order, kept_local, kept_sims, (kept_ids >= 0) & (kept_local < 0)
-    )
+    # a random order is cut nowhere (its partitions are random buckets, not IVF lists)
+    outside = (kept_ids >= 0) & (kept_local < 0) & (method != "random")
+    starts, jumps = partition.cut_path(order, kept_local, kept_sims, outside)
     lengths = np.diff(np.r_[starts, len(order)])
     # per fragment its head, then its tail (one document for a fragment of one)
     ends = order[np.stack([starts, starts + lengths - 1], axis=1).ravel()]
     path = pa.table(
         {
             "doc": members[order],
-            "kept_ids": _fixed(kept_ids[order]),
-            "kept_sims": _fixed(kept_sims[order]),
+            "kept_ids": _fixed(wide_ids[order]),
+            "kept_sims": _fixed(wide_sims[order]),
         }
     )
     summary = {
@@ -915,33 +1105,35 @@ class Ordered:
 
 def order_stage(
     searched: list[Searched],
-    doc_list: np.ndarray,
+    lists: ListGraph,
     removed: Removed,
     params: Params,
+    k_max: int,
     n_partitions: int,
     stitch: bool,
     report: Report,
 ) -> Ordered:
     """Group IVF lists into partitions, order each in a task, stitch their fragments."""
-    n_lists = int(doc_list.max()) + 1
-    list_sizes = np.bincount(doc_list, minlength=n_lists) - np.bincount(
-        doc_list[removed.doc], minlength=n_lists
+    n_lists = lists.n_lists
+    list_sizes = lists.sizes - np.bincount(removed.lists, minlength=n_lists)
+    list_partition = partition.group_lists(
+        lists.key // n_lists, lists.key % n_lists, lists.edges, list_sizes, n_partitions
     )
-    first = np.concatenate([s.summary["list_first"] for s in searched])
-    second = np.concatenate([s.summary["list_second"] for s in searched])
-    edges = np.concatenate([s.summary["list_edges"] for s in searched])
-    list_partition = partition.group_lists(first, second, edges, list_sizes, n_partitions)
     removed_ref = ray.put(np.sort(removed.doc))
-    list_partition_ref = ray.put(list_partition)
+    by_hash = params.order == "random"
+    list_partition_ref = None if by_hash else ray.put(list_partition)
+    # the near-copy filter of `original` drops more documents after stitching; the kNN lists
+    # then move up past them (`_assemble`), so the path keeps every stored column
+    width = k_max if params.order == "original" else params.k
     routed = [
         _route_task.options(num_returns=2 * n_partitions).remote(
-            s.ref, list_partition_ref, removed_ref, n_partitions
+            s.ref, list_partition_ref, removed_ref, n_partitions, params.seed
         )
         for s in searched
     ]
     tasks = [
         _traverse_task.remote(
-            removed_ref, params.k, params.order, params.seed, *[r[p] for r in routed]
+            removed_ref, params.k, width, params.order, params.seed, *[r[p] for r in routed]
         )
         for p in range(n_partitions)
     ]
@@ -951,7 +1143,7 @@ def order_stage(
         summaries.append(_get(summary_ref))
         report(done, n_partitions)
     end_ids = np.concatenate([s["end_ids"] for s in summaries])
-    if not stitch:  # only the partitions' own joins: each path stays whole
+    if not stitch or by_hash:  # only the partitions' own joins: each path stays whole
         end_ids = np.full_like(end_ids, -1)
     stitching = partition.plan_stitching(
         fragment_partition=np.repeat(
@@ -994,31 +1186,106 @@ def _rows_for(table: pa.Table, docs: np.ndarray) -> pa.Table:
     return table.take(pa.array(by_doc[np.searchsorted(found[by_doc], docs)]))
 
 
-@ray.remote(num_returns=2)
+@ray.remote
+def _count_words_task(path: pa.Table, drops: np.ndarray, *content: pa.Table) -> Counter:
+    """`metrics.word_counts` of the documents on one partition's path but not in `drops`."""
+    table = pa.concat_tables(content)
+    kept = np.setdiff1d(_column(path, "doc"), drops)
+    rows = table.filter(pa.array(np.isin(_column(table, "doc"), kept)))
+    return metrics.word_counts(rows.column("text").to_pylist())
+
+
+def _random_bucket(doc: np.ndarray, seed: int, n_buckets: int) -> np.ndarray:
+    """The random-baseline bucket of each document: a seeded hash, so buckets mix partitions."""
+    if n_buckets == 1:
+        return np.zeros(len(doc), dtype=np.int64)
+    mixed = (doc.astype(np.uint64) + np.uint64(seed)) * np.uint64(0x9E3779B97F4A7C15)
+    mixed ^= mixed >> np.uint64(31)
+    return (mixed % np.uint64(n_buckets)).astype(np.int64)
+
+
+def _assemble(
+    path: pa.Table,
+    segments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    home: int,
+    n_content: int,
+    parts: tuple[pa.Table, ...],
+    drops: np.ndarray,
+    k: int,
+) -> tuple[pa.Table, pa.Table, np.ndarray]:
+    """A home partition's final path: its graph rows and content rows in path order, without
+    the `drops`, and each document's first k kNN neighbours that are kept (global ids)."""
+    received = parts[n_content:]
+    rows = partition.assembly(*segments, home, path.num_rows)
+    graph = pa.concat_tables([path, *[r.select(path.column_names) for r in received]]).take(
+        pa.array(rows)
+    )
+    if len(drops):
+        graph = graph.filter(pa.array(~np.isin(_column(graph, "doc"), drops)))
+    table = _rows_for(
+        pa.concat_tables([*parts[:n_content], *[r.select(CONTENT_COLUMNS) for r in received]]),
+        _column(graph, "doc"),
+    )
+    kept_ids, _ = partition.drop_removed(
+        _matrix(graph.column("kept_ids"), np.int64),
+        _matrix(graph.column("kept_sims"), np.float32),
+        drops,
+        k,
+    )
+    return graph, table, kept_ids
+
+
+@ray.remote
+def _near_copy_task(
+    path: pa.Table,
+    segments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+    home: int,
+    n_content: int,
+    *parts: pa.Table,
+) -> dict[str, Any]:
+    """`stages.near_copy_filter` along a home partition's final path (its own fragments and
+    the joins stitched to them): the drops, with ids."""
+    _, table, _ = _assemble(path, segments, home, n_content, parts, np.zeros(0, np.int64), 1)
+    _, drops = stages.near_copy_filter(
+        table.column("text").to_pylist(),
+        np.arange(table.num_rows),
+        _matrix(table.column("vector"), np.float32),
+    )
+    doc = _column(table, "doc")
+    ids = table.column("id").to_pylist()
+    return {
+        **drops,
+        "id": [ids[i] for i in drops["doc"]],
+        "kept_id": [ids[i] for i in drops["kept_doc"]],
+        "doc": doc[np.asarray(drops["doc"], dtype=np.int64)],
+        "kept_doc": doc[np.asarray(drops["kept_doc"], dtype=np.int64)],
+    }
+
+
 def _pack_task(
     path: pa.Table,
     segments: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
     home: int,
     params: Params,
     label_field: str | None,
+    corpus_counts: Counter,
+    drops: np.ndarray,
+    n_buckets: int,
     n_content: int,
     *parts: pa.Table,
-) -> tuple[pa.Table, dict[str, Any]]:
+) -> tuple:
     """Lay out the chains, count tokens, pack, measure, and render the context rows.
 
     `segments`: (origin, start, length, reverse) of this partition's chains in final order.
+    `corpus_counts`: the corpus-wide word counts (context_cache_gain's unigram model).
+    `drops`: sorted documents the near-copy filter dropped (`near_copy_stage`).
     `parts`: this partition's `n_content` content tables, then the rows each partition that
     sends segments here picked for it (`_pick_task`), senders in ascending order.
+
+    Returns the context rows, a summary, then `n_buckets` tables of what the random baseline
+    measures about this partition's documents (`_random_task`), one per bucket.
     """
-    received = parts[n_content:]
-    rows = partition.assembly(*segments, home, path.num_rows)
-    graph = pa.concat_tables([path, *[r.select(path.column_names) for r in received]]).take(
-        pa.array(rows)
-    )
-    table = _rows_for(
-        pa.concat_tables([*parts[:n_content], *[r.select(CONTENT_COLUMNS) for r in received]]),
-        _column(graph, "doc"),
-    )
+    graph, table, kept_ids = _assemble(path, segments, home, n_content, parts, drops, params.k)
     path_docs = _column(table, "doc")
     # number the members in doc order, as the local engine numbers kept documents
     by_doc = np.argsort(path_docs, kind="stable")
@@ -1035,23 +1302,22 @@ def _pack_task(
         order, doc_tokens, params.context_length, params.pack, len(sep_ids), shuffle=False
     )
     vectors = _matrix(table.column("vector"), np.float32)[by_doc]
-    kept_ids = _matrix(graph.column("kept_ids"), np.int64)[by_doc]
+    kept_ids = kept_ids[by_doc]
     labels = None
     if label_field is not None:
         # the local engine's stand-in for a missing label (stages.read_labels)
         filled = table.column("label").fill_null("\0missing")
         labels = np.asarray(filled.to_pylist(), dtype=object)[by_doc]
     sorted_texts = [texts[i] for i in by_doc]
-    measured = metrics.packing_metrics(
+    measured, weights = metrics.packing_terms(
         packing,
         vectors,
         doc_tokens,
         params.context_length,
         partition.localize(kept_ids, members),
         labels,
-        None,  # context_cache_gain needs the corpus-wide unigram model; see combine_metrics
+        metrics.word_ids(sorted_texts, corpus_counts=corpus_counts),
     )
-    pieces_per_context = np.bincount(packing.context, minlength=packing.n_contexts)
     filled = packing.context_tokens()
     summary = {
         # short contexts go last in the global order (a fixed-stride reader stays in step)
@@ -1061,7 +1327,7 @@ def _pack_task(
         "n_docs": len(members),
         "n_contexts": packing.n_contexts,
         "metrics": measured,
-        "n_multi_contexts": int((pieces_per_context >= 2).sum()),
+        "weights": weights,
         "every_doc_once": metrics.every_doc_once(
             packing, np.arange(len(members)), doc_tokens, len(sep_ids)
         ),
@@ -1098,7 +1364,52 @@ def _pack_task(
         {doc: sorted_texts[doc] for doc in split_docs},
         pa.array(ids[packing.doc].tolist(), pa.string()),
     )
-    return rows, summary
+    prefix = metrics.CACHE_MAX_WORDS * 64  # all that metrics.word_ids reads of a text
+    baseline = pa.table(
+        {
+            "doc": members,
+            "n_tokens": doc_tokens,
+            "label": pa.array(labels.tolist() if labels is not None else [None] * len(members)),
+            "vector": _fixed(vectors),
+            "kept_ids": _fixed(kept_ids),
+            "text": [text[:prefix] for text in sorted_texts],
+        }
+    )
+    bucket = _random_bucket(members, params.seed, n_buckets)
+    buckets = [baseline.filter(pa.array(bucket == b)) for b in range(n_buckets)]
+    return rows, summary, *buckets
+
+
+@ray.remote
+def _random_task(
+    params: Params,
+    corpus_counts: Counter,
+    sep_tokens: int,
+    has_labels: bool,
+    *parts: pa.Table,
+) -> tuple[dict[str, Any], dict[str, int]] | None:
+    """The random baseline over one bucket of kept documents: `stages.random_packing`'s
+    seeded order and packing, measured like the contexts (`metrics.packing_terms`)."""
+    table = pa.concat_tables(parts)
+    if not table.num_rows:
+        return None
+    table = table.take(pa.array(np.argsort(_column(table, "doc"), kind="stable")))
+    members = _column(table, "doc")
+    doc_tokens = _column(table, "n_tokens")
+    packing = stages.random_packing(np.arange(len(members)), doc_tokens, params, sep_tokens)
+    labels = np.asarray(table.column("label").to_pylist(), dtype=object) if has_labels else None
+    return metrics.packing_terms(
+        packing,
+        _matrix(table.column("vector"), np.float32),
+        doc_tokens,
+        params.context_length,
+        partition.localize(_matrix(table.column("kept_ids"), np.int64), members),
+        labels,
+        metrics.word_ids(table.column("text").to_pylist(), corpus_counts=corpus_counts),
+    )
+
+
+_pack_task_remote = ray.remote(_pack_task)
 
 
 @ray.remote
@@ -1117,19 +1428,22 @@ def _write_task(path: str, *parts: pa.Table) -> int:
     return table.num_rows
 
 
-def pack_stage(
-    ordered: Ordered,
-    params: Params,
-    label_field: str | None,
-    staging: Path,
-    options: RayOptions,
-    report: Report,
-) -> tuple[list[str], list[dict[str, Any]], dict[str, Any]]:
-    """Pack every partition, shuffle context ids globally, write the context files.
+@dataclass
+class Packed:
+    """The context files, the partitions' summaries, the random buckets' `packing_terms`, the
+    near-copy drops (doc, kept_doc, sim, reason, id, kept_id) and the stage counts."""
 
-    Returns:
-        The file names, the per-partition summaries and the stage counts.
-    """
+    names: list[str]
+    summaries: list[dict[str, Any]]
+    random: list[tuple]
+    drops: dict[str, Any]
+    counts: dict[str, Any]
+
+
+def _home_inputs(ordered: Ordered) -> list[tuple]:
+    """Per partition that packs (one whose chains all went elsewhere packs none): (home, its
+    path, its segments (origin, start, length, reverse) in final order, its number of content
+    tables, its content tables then the rows each sender picked for it, senders ascending)."""
     layout = ordered.stitching
     sent = layout.home != layout.origin
     picked = {}
@@ -1147,34 +1461,102 @@ def pack_stage(
         picked.update(
             zip([(origin, h) for h in receivers], _refs(refs, len(receivers)), strict=True)
         )
-    homes = np.unique(
-        layout.home
-    ).tolist()  # a partition whose chains all went elsewhere packs none
-    tasks = []
-    for home in homes:
+    homes = []
+    for home in np.unique(layout.home).tolist():
         mine = layout.home == home
         senders = sorted(o for o, h in picked if h == home)
-        tasks.append(
-            _pack_task.remote(
-                ordered.paths[home],
-                (
-                    layout.origin[mine],
-                    layout.start[mine],
-                    layout.length[mine],
-                    layout.reverse[mine],
-                ),
-                home,
-                params,
-                label_field,
-                len(ordered.content[home]),
-                *ordered.content[home],
-                *[picked[(o, home)] for o in senders],
-            )
+        segments = tuple(
+            column[mine] for column in (layout.origin, layout.start, layout.length, layout.reverse)
         )
+        parts = [*ordered.content[home], *[picked[(o, home)] for o in senders]]
+        homes.append((home, ordered.paths[home], segments, len(ordered.content[home]), parts))
+    return homes
+
+
+def _no_drops() -> dict[str, Any]:
+    return {
+        "doc": np.zeros(0, np.int64),
+        "kept_doc": np.zeros(0, np.int64),
+        "sim": [],
+        "reason": [],
+        "id": [],
+        "kept_id": [],
+    }
+
+
+def _near_copies(homes: list[tuple]) -> dict[str, Any]:
+    """The `original` ordering's near-copy filter along every home partition's final path."""
+    found = _get(
+        [
+            _near_copy_task.remote(path, segments, home, n_content, *parts)
+            for home, path, segments, n_content, parts in homes
+        ]
+    )
+    drops = _no_drops()
+    for part in found:
+        for key, values in drops.items():
+            drops[key] = (
+                np.concatenate([values, part[key]])
+                if isinstance(values, np.ndarray)
+                else values + list(part[key])
+            )
+    return drops
+
+
+def pack_stage(
+    ordered: Ordered,
+    params: Params,
+    label_field: str | None,
+    staging: Path,
+    options: RayOptions,
+    report: Report,
+) -> Packed:
+    """Drop `original`'s near copies along each partition's final path, pack every partition,
+    shuffle context ids globally, write the context files, and measure the random baseline:
+    the kept documents in seeded random buckets (one per PARTITION_DOCS, so below that one: the
+    local engine's exact baseline), each packed in a seeded random order."""
+    homes = _home_inputs(ordered)
+    drops = _near_copies(homes) if params.order == "original" else _no_drops()
+    drops_ref = ray.put(np.sort(drops["doc"]))
+    # the corpus-wide unigram model of context_cache_gain: counts from the partitions, merged
+    corpus_counts: Counter = Counter()
+    for counted in _get(
+        [
+            _count_words_task.remote(path, drops_ref, *content)
+            for path, content in zip(ordered.paths, ordered.content, strict=True)
+        ]
+    ):
+        corpus_counts.update(counted)
+    counts_ref = ray.put(corpus_counts)
+    del corpus_counts
+    n_kept = ordered.counts["ordered"] - len(drops["doc"])
+    n_buckets = max(1, math.ceil(n_kept / PARTITION_DOCS))
+    tasks = [
+        _pack_task_remote.options(num_returns=2 + n_buckets).remote(
+            path,
+            segments,
+            home,
+            params,
+            label_field,
+            counts_ref,
+            drops_ref,
+            n_buckets,
+            n_content,
+            *parts,
+        )
+        for home, path, segments, n_content, parts in homes
+    ]
     summaries = []
-    for done, (_, summary_ref) in enumerate(tasks, start=1):
-        summaries.append(_get(summary_ref))
+    for done, task in enumerate(tasks, start=1):
+        summaries.append(_get(task[1]))
         report(done, len(tasks) + 1)
+    sep_tokens = len(stages.separator_for(params))
+    random_parts = [
+        _random_task.remote(
+            params, counts_ref, sep_tokens, label_field is not None, *[t[2 + b] for t in tasks]
+        )
+        for b in range(n_buckets)
+    ]
     n_contexts = sum(s["n_contexts"] for s in summaries)
     offsets = np.cumsum([0] + [s["n_contexts"] for s in summaries])
     new_ids = _global_context_ids(summaries, offsets, params)
@@ -1187,7 +1569,7 @@ def pack_stage(
             ),
             n_files,
         )
-        for p, (rows, _) in enumerate(tasks)
+        for p, (rows, *_) in enumerate(tasks)
     ]
     names = [f"train-{j:05d}-of-{n_files:05d}.parquet" for j in range(n_files)]
     (staging / export.DATA_FOLDER).mkdir()
@@ -1205,8 +1587,10 @@ def pack_stage(
         "files": n_files,
         "pieces": int(sum(s["pieces"] for s in summaries)),
         "written_rows": int(sum(written)),
+        "near_copies_dropped": len(drops["doc"]),
     }
-    return names, summaries, counts
+    random = [part for part in _get(random_parts) if part is not None]
+    return Packed(names, summaries, random, drops, counts)
 
 
 def _global_context_ids(
@@ -1231,63 +1615,43 @@ def _global_context_ids(
 # ---------------------------------------------------------------------------------------------
 
 
-def _weighted(summaries: list[dict[str, Any]], key: str, weight: str) -> float | None:
-    """Mean of a per-partition metric, weighted like the global mean it stands for."""
-    pairs = [
-        (s["metrics"][key], s[weight] if weight in s else s["metrics"][weight])
-        for s in summaries
-        if s["metrics"].get(key) is not None
-    ]
-    total = sum(w for _, w in pairs)
-    return sum(v * w for v, w in pairs) / total if total else None
-
-
 def combine_metrics(
     summaries: list[dict[str, Any]],
+    random_parts: list[tuple],
     corpus: Corpus,
-    removed: Removed,
-    vector_sum: np.ndarray,
+    n_removed: int,
     params: Params,
 ) -> dict[str, Any]:
-    """The metrics of DESIGN.md from the per-partition measurements.
-
-    Contexts never span partitions, so adjacent_sim_mean, label_agreement, jump_rate,
-    context_pairwise_sim_mean and token_efficiency are exact weighted means of the partitions'.
-    context_cache_gain is left out (None): it scores words against the corpus-wide unigram
-    model, which no partition holds; a partition's own model would flatter nothing and mislead.
-    random_adjacent_sim_mean is the
-    expected cosine of two distinct random kept documents, (|sum v|^2 - n) / (n (n - 1)), which
-    the local engine estimates by packing a random permutation.
-    """
+    """The metrics of DESIGN.md (the keys of `stages.compute_metrics`) from the partitions'
+    and the random buckets' `metrics.packing_terms`: contexts never span partitions (nor
+    buckets), so `metrics.combine_packing_metrics` gives the whole packing's metrics exactly."""
     n_kept = sum(s["n_docs"] for s in summaries)
-    total = vector_sum - removed.vector_sum
-    random_sim = float((total @ total - n_kept) / (n_kept * (n_kept - 1))) if n_kept > 1 else None
     once = all(s["every_doc_once"] for s in summaries) and (
-        n_kept + len(removed.doc) == corpus.n_documents
+        n_kept + n_removed == corpus.n_documents
     )
+    current = metrics.combine_packing_metrics([(s["metrics"], s["weights"]) for s in summaries])
+    random = metrics.combine_packing_metrics(random_parts)
     return {
         "n_documents": corpus.n_documents,
         "n_rejected": corpus.rejects.num_rows,
-        "n_duplicates": int(len(removed.doc)),
+        "n_duplicates": int(n_removed),
         "n_kept": int(n_kept),
         "n_contexts": int(sum(s["n_contexts"] for s in summaries)),
         "every_doc_once": bool(once),
-        "adjacent_sim_mean": _weighted(summaries, "adjacent_sim_mean", "n_transitions"),
-        "random_adjacent_sim_mean": random_sim,
-        "context_pairwise_sim_mean": _weighted(
-            summaries, "context_pairwise_sim_mean", "n_multi_contexts"
-        ),
-        "jump_rate": _weighted(summaries, "jump_rate", "n_transitions"),
-        "token_efficiency": _weighted(summaries, "token_efficiency", "n_contexts"),
-        "label_agreement": _weighted(summaries, "label_agreement", "n_transitions"),
-        "context_cache_gain": None,
+        "adjacent_sim_mean": current["adjacent_sim_mean"],
+        "random_adjacent_sim_mean": random["adjacent_sim_mean"],
+        "context_pairwise_sim_mean": current["context_pairwise_sim_mean"],
+        "jump_rate": current["jump_rate"],
+        "token_efficiency": current["token_efficiency"],
+        "label_agreement": current["label_agreement"],
+        "context_cache_gain": current["context_cache_gain"],
         "label_field": corpus.label_field,
         "order": params.order,
         "k": params.k,
         "context_length": params.context_length,
         "pack": params.pack,
         "dedup_threshold": params.dedup_threshold,
-        "random": {"adjacent_sim_mean": random_sim},
+        "random": random,
     }
 
 
@@ -1297,23 +1661,38 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
             handle.write(orjson.dumps(row) + b"\n")
 
 
-def _write_removed(staging: Path, corpus: Corpus, removed: Removed, params: Params) -> None:
+def _write_removed(
+    staging: Path, corpus: Corpus, removed: Removed, drops: dict[str, Any], params: Params
+) -> None:
+    """removed/ as the local export writes it: the duplicates, then the order stage's drops
+    (with their reason), then the rejects."""
     by_doc = np.argsort(removed.doc)
     reason = f"semantic duplicate (cosine >= {params.dedup_threshold})"
+    rows = [
+        {
+            "id": removed.ids[i],
+            "kept_id": removed.kept_ids[i],
+            "sim": float(removed.sim[i]),
+            "reason": reason,
+        }
+        for i in by_doc
+    ]
+    rows += [
+        {"id": doc_id, "kept_id": kept_id, "sim": float(sim), "reason": why}
+        for _, doc_id, kept_id, sim, why in sorted(
+            zip(
+                drops["doc"].tolist(),
+                drops["id"],
+                drops["kept_id"],
+                drops["sim"],
+                drops["reason"],
+                strict=True,
+            )
+        )
+    ]
     folder = staging / export.REMOVED_FOLDER
     folder.mkdir()
-    _write_jsonl(
-        folder / "duplicates.jsonl",
-        [
-            {
-                "id": removed.ids[i],
-                "kept_id": removed.kept_ids[i],
-                "sim": float(removed.sim[i]),
-                "reason": reason,
-            }
-            for i in by_doc
-        ],
-    )
+    _write_jsonl(folder / "duplicates.jsonl", rows)
     _write_jsonl(folder / "rejects.jsonl", corpus.rejects.to_pylist())
 
 
@@ -1347,11 +1726,6 @@ def run_pipeline(
     """
     options = options or RayOptions()
     params = params.validate()
-    if params.order == "original":
-        raise IcpError(
-            "--order original: its near-copy text filter runs on the local engine only; "
-            "use --engine local, or another --order on Ray"
-        )
     stages.lm_tokenizer(params)  # a missing tokenizer fails here, not in a task
     with export.staged_folder(out, overwrite) as staging, ray_session(options):
         outcomes, manifest = _run_stages(inputs, params, staging, options, progress)
@@ -1384,7 +1758,7 @@ def _run_stages(
     timed("embed", embed_counts, started)
 
     started = time.time()
-    searched, doc_list, knn_counts = knn_stage(
+    searched, lists, knn_counts = knn_stage(
         corpus, params, folder, work, options, progress("knn")
     )
     timed("knn", knn_counts, started)
@@ -1399,22 +1773,28 @@ def _run_stages(
         options.partitions, corpus.n_documents - len(removed.doc), knn_counts["ivf_lists"]
     )
     ordered = order_stage(
-        searched, doc_list, removed, params, n_partitions, options.stitch, progress("order")
+        searched,
+        lists,
+        removed,
+        params,
+        knn_counts["k_max"],
+        n_partitions,
+        options.stitch,
+        progress("order"),
     )
     timed("order", ordered.counts, started)
 
     started = time.time()
-    names, summaries, pack_counts = pack_stage(
-        ordered, params, corpus.label_field, staging, options, progress("pack")
-    )
-    timed("pack", pack_counts, started)
+    packed = pack_stage(ordered, params, corpus.label_field, staging, options, progress("pack"))
+    timed("pack", packed.counts, started)
+    names, summaries = packed.names, packed.summaries
 
     started = time.time()
-    vector_sum = np.sum([s.summary["vector_sum"] for s in searched], axis=0)
-    result = combine_metrics(summaries, corpus, removed, vector_sum, params)
+    n_removed = len(removed.doc) + len(packed.drops["doc"])
+    result = combine_metrics(summaries, packed.random, corpus, n_removed, params)
     if any(s["over_length"] for s in summaries):
         raise IcpError("internal check failed: a context exceeds --context-length")
-    _write_removed(staging, corpus, removed, params)
+    _write_removed(staging, corpus, removed, packed.drops, params)
     shutil.rmtree(work, ignore_errors=True)
     export.write_dataset_card(
         staging, "parquet", params.context_length, stages.lm_tokenizer(params)
