@@ -594,16 +594,15 @@ class IvfSettings:
     n_probe: int
 
 
-def ivf_settings(n_docs: int) -> IvfSettings:
-    """`icp_core.knn`'s IVF sizing for a corpus of n_docs (its `ivf_lists`, its 32 training
-    points per list and 10 iterations, its n_lists / 48 >= IVF_MIN_PROBES probes): the one place
-    the Ray engine reads it from."""
-    n_lists = knn.ivf_lists(n_docs)
+def ivf_settings(n_docs: int, dim: int = 384) -> IvfSettings:
+    """The single-machine kNN's IVF sizing (`knn.ivf_settings`: lists, training sample, probes)
+    for a corpus of n_docs, with the k-means iterations the shard tasks train with."""
+    settings = knn.ivf_settings(n_docs, dim)
     return IvfSettings(
-        n_lists=n_lists,
-        n_train=min(n_docs, 32 * n_lists),
+        n_lists=settings.lists,
+        n_train=settings.train_points,
         n_iter=10,
-        n_probe=min(n_lists, max(knn.IVF_MIN_PROBES, n_lists // 48)),
+        n_probe=settings.nprobe,
     )
 
 
