@@ -34,7 +34,9 @@ def replay(
             raise IcpError(f"{path}: input of this manifest is missing; restore it to replay")
         if source_fingerprint(path) != source["content_hash"]:
             raise IcpError(f"{path}: changed since the export (content hash differs)")
-    params = Params.from_dict(recorded["parameters"]).validate()
+    # a null device says no model ran (imported or cached vectors): any device will do
+    values = {k: v for k, v in recorded["parameters"].items() if v is not None or k != "device"}
+    params = Params.from_dict(values).validate()
     with (
         tempfile.TemporaryDirectory(prefix="icp-replay-") as scratch,
         Workspace(Path(workspace or Path(scratch) / "replay.duckdb")) as ws,

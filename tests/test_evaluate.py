@@ -126,6 +126,6 @@ def test_cli_eval_table_and_json(sample_ws):
 def test_cli_eval_rejects_unknown_names(sample_ws):
     done = run_cli("eval", "-w", str(sample_ws), "--order", "nope")
     assert done.returncode == 2
-    assert done.stderr.strip().splitlines()[-1].startswith("error: --order nope: choose from icp")
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --order nope: choose one of icp")
     done = run_cli("eval", "-w", str(sample_ws), "--pack", "tight")
     assert done.returncode == 2 and "--pack tight" in done.stderr
