@@ -56,6 +56,15 @@ write_tab, download_tab = st.tabs(["Write to a folder", "Download"])
 with write_tab:
     default = Path.cwd() / "out" / f"{ws.path.stem}-{fmt}"
     out = st.text_input("Output folder", value=str(default), key=f"export_out_{fmt}")
+    target = Path(out).expanduser()
+    st.caption(
+        f"Writes the folder {target}"
+        + (
+            " — it exists: tick the box below to replace an earlier export"
+            if target.exists()
+            else ""
+        )
+    )
     overwrite = st.checkbox("Replace the folder if it exists", key="export_overwrite")
     if st.button("Write", type="primary", key="export_write"):
         manifest = _run_export(Path(out).expanduser(), overwrite)
