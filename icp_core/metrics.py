@@ -282,3 +282,38 @@ def path_upper_bounds(
     )
     bound = float(-result.fun) / (n_docs - 1) if result.status == 0 else None
     return {"top1_bound": top1, "two_matching_bound": bound}
+
+
+# the per-packing metrics the report lists for the contexts (the random packing's in "random")
+REPORTED = (
+    "adjacent_sim_mean",
+    "context_pairwise_sim_mean",
+    "jump_rate",
+    "token_efficiency",
+    "label_agreement",
+    "context_cache_gain",
+)
+
+
+def report(
+    counts: Mapping[str, int | bool],
+    current: Mapping[str, object],
+    random: Mapping[str, object],
+    label_field: str | None,
+    parameters: Mapping[str, object],
+) -> dict[str, object]:
+    """The metrics JSON both engines print and store (`icp metrics --json`).
+
+    Args:
+        counts: n_documents, n_rejected, n_duplicates, n_kept, n_contexts, every_doc_once.
+        current, random: `packing_metrics` of the contexts and of a random packing.
+        parameters: order, k, context_length, pack, dedup_threshold.
+    """
+    result: dict[str, object] = dict(counts)
+    result["adjacent_sim_mean"] = current["adjacent_sim_mean"]
+    result["random_adjacent_sim_mean"] = random["adjacent_sim_mean"]
+    result.update({key: current[key] for key in REPORTED if key != "adjacent_sim_mean"})
+    result["label_field"] = label_field
+    result.update(parameters)
+    result["random"] = dict(random)
+    return result

@@ -900,28 +900,21 @@ def compute_metrics(ws: Workspace, params: Params) -> dict[str, Any]:
     once = metrics.every_doc_once(packing, kept, doc_tokens, sep_tokens) and (
         len(kept) + n_duplicates == n_documents
     )
-    return {
+    counts = {
         "n_documents": n_documents,
         "n_rejected": n_rejected,
         "n_duplicates": n_duplicates,
         "n_kept": int(len(kept)),
         "n_contexts": packing.n_contexts,
         "every_doc_once": bool(once),
-        "adjacent_sim_mean": current["adjacent_sim_mean"],
-        "random_adjacent_sim_mean": random["adjacent_sim_mean"],
-        "context_pairwise_sim_mean": current["context_pairwise_sim_mean"],
-        "jump_rate": current["jump_rate"],
-        "token_efficiency": current["token_efficiency"],
-        "label_agreement": current["label_agreement"],
-        "context_cache_gain": current["context_cache_gain"],
-        "label_field": label_field,
-        "order": params.order,
-        "k": params.k,
-        "context_length": params.context_length,
-        "pack": params.pack,
-        "dedup_threshold": params.dedup_threshold,
-        "random": {k: v for k, v in random.items()},
     }
+    return metrics.report(counts, current, random, label_field, report_parameters(params))
+
+
+def report_parameters(params: Params) -> dict[str, Any]:
+    """The parameters a metrics report names (the metrics table's key)."""
+    names = ("order", "k", "context_length", "pack", "dedup_threshold")
+    return {name: getattr(params, name) for name in names}
 
 
 def random_packing(

@@ -1630,28 +1630,17 @@ def combine_metrics(
     )
     current = metrics.combine_packing_metrics([(s["metrics"], s["weights"]) for s in summaries])
     random = metrics.combine_packing_metrics(random_parts)
-    return {
+    counts = {
         "n_documents": corpus.n_documents,
         "n_rejected": corpus.rejects.num_rows,
         "n_duplicates": int(n_removed),
         "n_kept": int(n_kept),
         "n_contexts": int(sum(s["n_contexts"] for s in summaries)),
         "every_doc_once": bool(once),
-        "adjacent_sim_mean": current["adjacent_sim_mean"],
-        "random_adjacent_sim_mean": random["adjacent_sim_mean"],
-        "context_pairwise_sim_mean": current["context_pairwise_sim_mean"],
-        "jump_rate": current["jump_rate"],
-        "token_efficiency": current["token_efficiency"],
-        "label_agreement": current["label_agreement"],
-        "context_cache_gain": current["context_cache_gain"],
-        "label_field": corpus.label_field,
-        "order": params.order,
-        "k": params.k,
-        "context_length": params.context_length,
-        "pack": params.pack,
-        "dedup_threshold": params.dedup_threshold,
-        "random": random,
     }
+    return metrics.report(
+        counts, current, random, corpus.label_field, stages.report_parameters(params)
+    )
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -1757,9 +1746,7 @@ def _run_stages(
     timed("embed", embed_counts, started)
 
     started = time.time()
-    searched, lists, knn_counts = knn_stage(
-        corpus, params, folder, work, options, progress("knn")
-    )
+    searched, lists, knn_counts = knn_stage(corpus, params, folder, work, options, progress("knn"))
     timed("knn", knn_counts, started)
 
     started = time.time()
