@@ -133,13 +133,18 @@ def pytest_collection_modifyitems(config, items) -> None:
 
 @pytest.fixture(autouse=True)
 def _fast_tier_loads_no_model(request, monkeypatch) -> None:
-    """In the fast tier (ICP_FAST_TIER=1), loading the embedding model in process fails the
-    test, so a test that needs the model must say so with `@pytest.mark.model`."""
+    """In the fast tier (ICP_FAST_TIER=1), loading the transformer embedding model in process
+    fails the test, so a test that needs it must say so with `@pytest.mark.model`. A static
+    (model2vec) folder loads in milliseconds and stays allowed."""
     if os.environ.get("ICP_FAST_TIER") != "1" or request.node.get_closest_marker("model"):
         return
-    from icp_core import embed
+    from icp_core import embed, static_embed
 
-    def refuse(*args, **kwargs):
+    load_model = embed.load_model
+
+    def refuse(model_path, *args, **kwargs):
+        if static_embed.is_static_folder(Path(model_path)):
+            return load_model(model_path, *args, **kwargs)
         raise AssertionError("this test loads the embedding model: mark it @pytest.mark.model")
 
     monkeypatch.setattr(embed, "load_model", refuse)
