@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from icp_core import metrics, pack, pipeline, stages
+from icp_core import metrics, pack, pipeline, stages, traverse
 from icp_core.errors import IcpError
 from icp_core.params import Params
 from icp_core.workspace import Workspace
@@ -501,7 +501,7 @@ def compare_settings(ws: Workspace, params: Params, others: dict[str, Params]) -
             packing = stages.random_packing(kept, doc_tokens, params, sep_tokens)
             packings[name] = (params.updated(order="random"), packing)
             continue
-        order = stages.order_documents(ids, sims, kept, other)
+        order = traverse.traverse_kept(ids, sims, kept, other.k, other.order, other.seed)
         packings[name] = (
             other,
             pack.pack_contexts(
@@ -512,7 +512,7 @@ def compare_settings(ws: Workspace, params: Params, others: dict[str, Params]) -
     result, scorings = [], {}
     for name, (setting, packing) in packings.items():
         if setting.k not in scorings:
-            scorings[setting.k] = stages.KeptScoring.build(ids, sims, kept, setting.k, texts)
+            scorings[setting.k] = metrics.KeptScoring.build(ids, sims, kept, setting.k, texts)
         measured = scorings[setting.k].measure(
             packing, vectors, doc_tokens, setting.context_length, labels
         )

@@ -15,7 +15,7 @@ import numpy as np
 
 from icp_core import _kernels
 from icp_core.pack import Packing
-from icp_core.traverse import are_knn_edges
+from icp_core.traverse import are_knn_edges, restrict_graph
 
 CACHE_LAMBDA = 0.8
 CACHE_MAX_WORDS = 2000
@@ -177,6 +177,55 @@ def packing_metrics(
     )
     return measured
 
+
+
+@dataclass(frozen=True)
+class KeptScoring:
+    """What the metrics read about the kept documents, renumbered 0..M-1 in document order:
+    their kNN lists among themselves (first k) and their word ids."""
+
+    kept: np.ndarray
+    local_of: np.ndarray
+    neighbor_ids: np.ndarray
+    words: WordIds
+
+    @classmethod
+    def build(
+        cls, ids: np.ndarray, sims: np.ndarray, kept: np.ndarray, k: int, texts: list[str]
+    ) -> KeptScoring:
+        """`ids`, `sims`: stored (N, k_max) lists; `texts`: every document's text by doc."""
+        local_of = np.full(len(ids), -1, dtype=np.int64)
+        local_of[kept] = np.arange(len(kept))
+        sub_ids, _ = restrict_graph(ids, sims, kept, k)
+        return cls(kept, local_of, sub_ids, word_ids([texts[d] for d in kept]))
+
+    def measure(
+        self,
+        packing: Packing,
+        vectors: np.ndarray,
+        doc_tokens: np.ndarray,
+        context_length: int,
+        labels: np.ndarray | None,
+    ) -> dict[str, float | int | None]:
+        """`packing_metrics` of a packing over the kept documents (arrays by doc)."""
+        local = Packing(
+            packing.context,
+            packing.slot,
+            self.local_of[packing.doc],
+            packing.start,
+            packing.end,
+            packing.sep,
+            packing.n_contexts,
+        )
+        return packing_metrics(
+            local,
+            vectors[self.kept],
+            doc_tokens[self.kept],
+            context_length,
+            self.neighbor_ids,
+            labels[self.kept] if labels is not None else None,
+            self.words,
+        )
 
 # each mean of packing_metrics and the count of terms it averages (in packing_terms' weights)
 MEAN_WEIGHTS = {

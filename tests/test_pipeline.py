@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from icp_core import pipeline, stages
+from icp_core import check, pipeline, stages
 from icp_core.errors import IcpError
 from icp_core.params import Params
 from icp_core.workspace import Workspace
@@ -130,7 +130,7 @@ def test_one_document(tmp_path):
         result = stages.latest_metrics(ws, TINY_PARAMS)
         assert result["every_doc_once"] and result["n_contexts"] == 1
         assert result["adjacent_sim_mean"] is None and result["jump_rate"] is None
-        assert stages.check_invariants(ws) == []
+        assert check.check_invariants(ws) == []
 
 
 def test_duplicates_are_removed_recorded_and_accounted_for(tmp_path):
@@ -162,7 +162,7 @@ def test_original_order_records_its_near_copy_drops(tmp_path):
         assert all(d["doc"] != 5 and d["kept_doc"] != 5 for d in drops)
         result = stages.latest_metrics(ws, params)
         assert result["n_duplicates"] == len(drops) and result["every_doc_once"]
-        assert stages.check_invariants(ws) == []
+        assert check.check_invariants(ws) == []
 
 
 def test_k_larger_than_the_corpus(tiny_workspace):

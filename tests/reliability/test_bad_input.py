@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from icp_core import pipeline, stages
+from icp_core import check, pipeline, stages
 from icp_core.errors import IcpError
 from icp_core.ingest import file_problem, parse_source
 from icp_core.params import Params
@@ -72,7 +72,7 @@ class TestDocuments:
             result = stages.latest_metrics(ws, params)
             assert result["every_doc_once"] and result["n_kept"] == 3
             assert result["n_contexts"] > 1000  # the huge document spans many contexts
-            assert stages.check_invariants(ws) == []
+            assert check.check_invariants(ws) == []
 
 
 class TestParameters:
@@ -86,7 +86,7 @@ class TestParameters:
         with Workspace(tiny_workspace) as ws:
             pipeline.run(ws, params)
             assert stages.latest_metrics(ws, params)["every_doc_once"]
-            assert stages.check_invariants(ws) == []
+            assert check.check_invariants(ws) == []
 
 
 class TestEmbeddings:
