@@ -8,7 +8,7 @@ import json
 
 import numpy as np
 
-from icp_core import embed, pipeline
+from icp_core import embed, jobs, pipeline
 from icp_core.params import Params
 from icp_core.stages.embed import _embed_missing
 from icp_core.workspace import Workspace
@@ -103,7 +103,7 @@ def test_stage_shows_progress_before_loading_the_model(tiny_jsonl, tmp_path, mon
 
 def test_job_status_file_carries_the_note(tmp_path):
     status_file = tmp_path / "status.json"
-    reporter = pipeline._JobReporter(status_file, {"state": "running"})
+    reporter = jobs._JobReporter(status_file, {"state": "running"})
     report = reporter("embed")
     report(0, 100)
     embed.note(report, "loading model")

@@ -11,6 +11,7 @@ from icp_core import check, pipeline, stages
 from icp_core.errors import IcpError
 from icp_core.params import Params
 from icp_core.workspace import Workspace
+from tests.app.workspaces import synthetic_workspace
 from tests.conftest import TINY_PARAMS, run_duplicate_corpus, write_jsonl
 
 
@@ -189,3 +190,13 @@ def test_bad_parameters(tiny_workspace, change, message):
 def test_settings_round_trip():
     params = Params(k=7, dedup_threshold=None, tokenizer="/x/tokenizer.json")
     assert Params.from_dict(params.to_dict()) == params
+
+
+def test_rerunning_with_the_same_parameters_skips_every_stage(tmp_path):
+    """pack stores its separator ids next to its key; that must not make it re-run."""
+    path = synthetic_workspace(tmp_path)
+    with Workspace(path) as ws:
+        outcomes = pipeline.run(ws, Params.from_dict(ws.load_settings()))
+    assert {o.stage: o.status for o in outcomes} == dict.fromkeys(
+        ("embed", "knn", "dedup", "order", "pack", "metrics"), "skipped"
+    )

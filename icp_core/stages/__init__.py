@@ -18,7 +18,13 @@ from icp_core.dedup import near_copy_filter
 from icp_core.ingest import duplicate_id_reason
 from icp_core.stages._report import Report, _noop
 from icp_core.stages.dedup import kept_documents, run_dedup
-from icp_core.stages.embed import embed_resolve, read_vectors, run_embed
+from icp_core.stages.embed import (
+    embed_resolve,
+    export_embedding_cache,
+    read_vectors,
+    run_embed,
+    seed_embedding_cache,
+)
 from icp_core.stages.ingest import (
     ingest_fingerprint_source,
     no_documents_message,
@@ -62,6 +68,7 @@ __all__ = [
     "document_tokens",
     "duplicate_id_reason",
     "embed_resolve",
+    "export_embedding_cache",
     "ingest_fingerprint_source",
     "kept_documents",
     "knn_covers",
@@ -90,5 +97,6 @@ __all__ = [
     "run_metrics",
     "run_order",
     "run_pack",
+    "seed_embedding_cache",
     "separator_for",
 ]

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from icp_core import embed
 from icp_core.errors import IcpError
@@ -127,3 +128,31 @@ def _import_vectors(ws: Workspace, path: str, key: str) -> int:
 def read_vectors(ws: Workspace) -> np.ndarray:
     """(N, d) float32 unit vectors in document order."""
     return ws.vectors("SELECT vector FROM embeddings ORDER BY doc")
+
+
+def export_embedding_cache(ws: Workspace, path: Path) -> int:
+    """Write the workspace's embedding cache to Parquet (how the sample's shipped cache was
+    made); returns its rows."""
+    table = ws.arrow("SELECT model_key, text_hash, vector FROM embedding_cache ORDER BY text_hash")
+    pq.write_table(table, path, compression="zstd")
+    return table.num_rows
+
+
+def seed_embedding_cache(ws: Workspace, path: Path) -> int:
+    """Add the rows of a cache Parquet (`export_embedding_cache`) that the workspace lacks;
+    returns how many (0 when there is no such file)."""
+    if not path.exists():
+        return 0
+    table = pq.read_table(path)
+    with ws.transaction():
+        before = int(ws.scalar("SELECT count(*) FROM embedding_cache"))
+        ws.con.register("_seed", table)
+        try:
+            ws.execute(
+                """INSERT INTO embedding_cache
+                   SELECT s.model_key, s.text_hash, s.vector FROM _seed s
+                   ANTI JOIN embedding_cache c USING (model_key, text_hash)"""
+            )
+        finally:
+            ws.con.unregister("_seed")
+        return int(ws.scalar("SELECT count(*) FROM embedding_cache")) - before
