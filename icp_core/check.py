@@ -15,7 +15,7 @@ import duckdb
 import numpy as np
 
 from icp_core import metrics
-from icp_core.stages.pack import read_packing
+from icp_core.stages.pack import packed_document_tokens, read_packing
 from icp_core.workspace import Workspace, storage_error
 
 
@@ -129,14 +129,7 @@ def check_invariants(ws: Workspace) -> list[str]:
     over = int((packing.context_tokens() > length).sum())
     if over:
         problems.append(f"{over} contexts exceed {length} tokens")
-    key = pack_state["params"]["tokenizer_key"]
-    doc_tokens = ws.column(
-        """SELECT coalesce(t.n_tokens, -1) FROM documents d LEFT JOIN
-           (SELECT text_hash, any_value(n_tokens) AS n_tokens FROM token_cache
-            WHERE tokenizer_key = ? GROUP BY text_hash) t USING (text_hash) ORDER BY d.doc""",
-        [key],
-        dtype=np.int64,
-    )
+    doc_tokens = packed_document_tokens(ws)
     if not metrics.every_doc_once(
         packing, np.sort(ordered.astype(np.int64)), doc_tokens, sep_tokens
     ):

@@ -3,7 +3,7 @@
 Each row orders the kept documents with one method (`traverse.traverse`, with the `original`
 method's near-copy filter as in the order stage), packs them with one policy
 (`pack.pack_contexts`, shuffled) and measures the contexts with the tool's own metric code
-(`metrics.packing_metrics`, `metrics.every_doc_once`) on the same inputs `icp metrics` uses,
+(`metrics.packing_terms`, `metrics.every_doc_once`) on the same inputs `icp metrics` uses,
 so a row reads like `icp metrics` after `icp run --order METHOD --pack POLICY`. Next to the
 metrics: the seconds ordering and packing took (after a warm-up, so numba compilation is not
 counted), and the share of the two upper bounds of `metrics.path_upper_bounds` that

@@ -189,12 +189,7 @@ def adjacent_similarities(ws: Workspace, params: Params) -> dict[str, np.ndarray
     stored contexts ("current") and for the random packing the metrics compare against
     ("random"): the distributions behind adjacent_sim_mean and random_adjacent_sim_mean."""
     state = ws.stage_state("pack")
-    token_join, token_params = _token_join(ws)
-    doc_tokens = ws.column(
-        f"SELECT t.n_tokens FROM documents d {token_join} ORDER BY d.doc",
-        token_params,
-        dtype=np.int64,
-    )
+    doc_tokens = stages.packed_document_tokens(ws)
     vectors = stages.read_vectors(ws)
     kept = stages.kept_documents(ws, include_order_drops=True)
     sep_tokens = len(state["params"].get("separator_ids") or [1])
@@ -483,12 +478,7 @@ def comparable(ws: Workspace, params: Params, other: Params) -> str | None:
 def compare_settings(ws: Workspace, params: Params, others: dict[str, Params]) -> list[Setting]:
     """The stored contexts (named "current") and, computed in memory without writing, each of
     `others` (RANDOM_PACKING: the metrics' random baseline), measured the same way."""
-    token_join, token_params = _token_join(ws)
-    doc_tokens = ws.column(
-        f"SELECT t.n_tokens FROM documents d {token_join} ORDER BY d.doc",
-        token_params,
-        dtype=np.int64,
-    )
+    doc_tokens = stages.packed_document_tokens(ws)
     vectors = stages.read_vectors(ws)
     ids, sims = stages.read_neighbors(ws)
     kept = stages.kept_documents(ws, include_order_drops=True)

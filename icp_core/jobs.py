@@ -149,4 +149,4 @@ def warm_up() -> None:
     vectors = np.eye(4, dtype=np.float32)
     words = metrics.word_ids(["a b", "b c", "c d", "d e"])
     labels = np.array(["x", "x", "y", "y"], dtype=object)
-    metrics.packing_metrics(packing, vectors, doc_tokens, 6, ids, labels, words)
+    metrics.packing_terms(packing, vectors, doc_tokens, 6, ids, labels, words)

@@ -135,19 +135,8 @@ def ingest(
     counts = stages.run_ingest(ws, inputs, params, progress("ingest"), update)
     state = stages.ingest_fingerprint_source(ws)
     status = "ran" if counts["sources_added"] else "skipped"
-    with ws.transaction():
-        ws.set_stage_state("ingest", fingerprint(state), state, counts)
-        ws.record_run(
-            "ingest",
-            status,
-            fingerprint(state),
-            {"inputs": inputs, "update": update},
-            counts,
-            started,
-            time.time(),
-        )
-    log.info("ingest: %s", counts)
-    return StageOutcome("ingest", status, time.time() - started, counts)
+    asked = {"inputs": inputs, "update": update}
+    return _store_outcome(ws, "ingest", status, state, asked, counts, started)
 
 
 def run(
@@ -208,10 +197,24 @@ def _run_stage(
             return StageOutcome(stage.name, "skipped", time.time() - started, state["counts"])
     counts = stage.run(ws, params, progress(stage.name))
     stored = dict(key, **(stage.records(params) if stage.records else {}))
-    stage_fp = fingerprint(stored)
+    return _store_outcome(ws, stage.name, "ran", stored, stored, counts, started)
+
+
+def _store_outcome(
+    ws: Workspace,
+    stage: str,
+    status: str,
+    state: dict[str, Any],
+    asked: dict[str, Any],
+    counts: dict[str, Any],
+    started: float,
+) -> StageOutcome:
+    """Store a stage's new state (its fingerprint is `state`'s) and its `stage_runs` row (with
+    the parameters it was `asked`) in one transaction; log it."""
+    stage_fp = fingerprint(state)
     with ws.transaction():
-        ws.set_stage_state(stage.name, stage_fp, stored, counts)
-        ws.record_run(stage.name, "ran", stage_fp, stored, counts, started, time.time())
-    log.info("%s: %s (%.1fs)", stage.name, counts, time.time() - started)
-    return StageOutcome(stage.name, "ran", time.time() - started, counts)
+        ws.set_stage_state(stage, stage_fp, state, counts)
+        ws.record_run(stage, status, stage_fp, asked, counts, started, time.time())
+    log.info("%s: %s (%.1fs)", stage, counts, time.time() - started)
+    return StageOutcome(stage, status, time.time() - started, counts)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -200,3 +201,29 @@ def test_rerunning_with_the_same_parameters_skips_every_stage(tmp_path):
     assert {o.stage: o.status for o in outcomes} == dict.fromkeys(
         ("embed", "knn", "dedup", "order", "pack", "metrics"), "skipped"
     )
+
+
+def test_a_skipped_pack_neither_loads_nor_hashes_its_tokenizer(tiny_workspace, tmp_path):
+    """pack's key reuses the stored tokenizer key while the file's path, size and mtime stand;
+    other content in the file re-keys it, the same content rewritten does not."""
+    from icp_core import tokenizer
+
+    _, qwen_ranks = tokenizer.resolve("qwen3.6")
+    lines = qwen_ranks.read_bytes().splitlines()[:2000]  # bytes first, then merges
+    ranks_file = tmp_path / "small.tiktoken"
+    ranks_file.write_bytes(b"\n".join(lines) + b"\n")
+    params = TINY_PARAMS.updated(tokenizer=str(ranks_file))
+
+    def pack_after_a_fresh_start() -> tuple[str, int]:
+        tokenizer._load_file.cache_clear()  # as in a new process
+        with Workspace(tiny_workspace) as ws:
+            status = statuses(pipeline.run(ws, params))["pack"]
+        return status, tokenizer._load_file.cache_info().misses
+
+    assert pack_after_a_fresh_start() == ("ran", 1)
+    assert pack_after_a_fresh_start() == ("skipped", 0)
+    ranks_file.write_bytes(b"\n".join(lines[:1999]) + b"\n")
+    assert pack_after_a_fresh_start() == ("ran", 1)
+    ranks_file.write_bytes(b"\n".join(lines[:1999]) + b"\n")  # same bytes, a new mtime
+    os.utime(ranks_file, ns=(0, 10**18))
+    assert pack_after_a_fresh_start() == ("skipped", 1)  # loaded to learn its key
