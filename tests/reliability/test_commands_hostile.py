@@ -376,12 +376,12 @@ class TestOptions:
 
 
 def test_an_internal_error_is_a_bug_line_and_70(tiny_workspace, monkeypatch):
-    from icp_core import stages
+    from icp_core import check
 
     def broken(ws):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(stages, "check_invariants", broken)
+    monkeypatch.setattr(check, "check_invariants", broken)
     result: Result = icp_here("check", "-w", tiny_workspace)
     assert result.returncode == ExitCode.INTERNAL
     assert result.stderr.startswith("internal error: ZeroDivisionError: boom (a bug;")
@@ -392,11 +392,11 @@ def test_a_full_disk_while_writing_another_file_names_that_file(tiny_workspace, 
     names that file."""
     import errno
 
-    from icp_core import stages
+    from icp_core import check
 
     def full(ws):
         raise OSError(errno.ENOSPC, "No space left on device", "/tmp/some-cache")
 
-    monkeypatch.setattr(stages, "check_invariants", full)
+    monkeypatch.setattr(check, "check_invariants", full)
     result = icp_here("check", "-w", tiny_workspace)
     one_line(result, NO_SPACE, "/tmp/some-cache: no space to write (No space left on device)")
