@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import icp_core
-from icp_core import pipeline, sample
+from icp_core import sample
+from icp_core.jobs import read_status, write_status
 from icp_core.params import Params
 
 # icp_core's folder's parent: the worker must import the same icp_core as the server
@@ -149,7 +150,7 @@ class JobRunner:
                 self._spare = self._spawn()
 
     def start(self, spec: dict[str, Any]) -> Path:
-        """Start a job on `spec["workspace"]` (see `pipeline.run_job`); returns its status file.
+        """Start a job on `spec["workspace"]` (`icp_core.jobs.run_job`); returns its status file.
 
         Raises:
             RuntimeError: a job on that workspace is still running.
@@ -161,7 +162,7 @@ class JobRunner:
                 raise RuntimeError("a job on this workspace is still running")
             worker = self._spare if self._spare and self._spare.poll() is None else self._spawn()
             self._spare = None
-            pipeline.write_status(
+            write_status(
                 status_file,
                 {
                     "state": "running",
@@ -188,16 +189,16 @@ class JobRunner:
         reported as failed."""
         self.reap()
         status_file = self.status_path(workspace)
-        status = pipeline.read_status(status_file)
+        status = read_status(status_file)
         if status is None or status.get("state") != "running":
             return status
         worker = self._workers.get(status_file)
         ended = worker.poll() is not None if worker is not None else not _alive(status["pid"])
         if ended:
-            status = pipeline.read_status(status_file) or status  # it may have just finished
+            status = read_status(status_file) or status  # it may have just finished
             if status.get("state") == "running":
                 status.update(state="failed", error="the worker process ended unexpectedly")
-                pipeline.write_status(status_file, status)
+                write_status(status_file, status)
         return status
 
     def running(self, workspace: str | Path) -> bool:
@@ -211,7 +212,7 @@ class JobRunner:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(status["pid"]), signal.SIGTERM)
             status.update(state="failed", error="cancelled")
-            pipeline.write_status(self.status_path(workspace), status)
+            write_status(self.status_path(workspace), status)
 
     def wait(self, workspace: str | Path, timeout_s: float) -> dict[str, Any] | None:
         """Block until the job on `workspace` ends or `timeout_s` passes; returns its status."""

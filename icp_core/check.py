@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 
 import duckdb
+import numpy as np
 
-from icp_core import stages
+from icp_core import metrics
+from icp_core.stages.pack import packed_document_tokens, read_packing
 from icp_core.workspace import Workspace, storage_error
 
 
@@ -88,9 +90,56 @@ def stale_stages(ws: Workspace) -> list[str]:
     return problems
 
 
+def check_invariants(ws: Workspace) -> list[str]:
+    """Problems found (empty = all good): every input row is a kept document, a recorded
+    duplicate or a reject; every kept document is in the path once and its tokens are packed
+    exactly once; no context exceeds the context length; no input row is both a document
+    and a reject."""
+    problems = []
+    both = ws.one(
+        """SELECT count(*), min(r.source || ':' || r.line) FROM rejects r
+           JOIN documents d ON d.source = r.source AND d.line = r.line"""
+    )
+    if both[0]:
+        problems.append(
+            f"{both[0]} input rows are both a document and a reject (first: {both[1]}); "
+            "ingest that file again with the --text-field/--id-field it was ingested with"
+        )
+    for table in ("ordering", "contexts", "duplicates", "order_drops"):
+        if not ws.has_table(table):
+            return [*problems, f"table {table} missing: run `icp run` first"]
+    n_docs = ws.n_documents()
+    removed = ws.column("SELECT doc FROM duplicates UNION ALL SELECT doc FROM order_drops")
+    ordered = ws.column("SELECT doc FROM ordering")
+    if len(np.unique(removed)) != len(removed):
+        problems.append("a document is recorded as removed twice")
+    if len(np.unique(ordered)) != len(ordered):
+        problems.append("a document appears twice in the ordering")
+    accounted = np.concatenate([removed, ordered]).astype(np.int64)
+    if len(accounted) != n_docs or not np.array_equal(np.sort(accounted), np.arange(n_docs)):
+        problems.append(
+            f"documents in ({n_docs}) != kept ({len(ordered)}) + removed ({len(removed)})"
+        )
+    pack_state = ws.stage_state("pack")
+    if pack_state is None:
+        return problems + ["pack stage never ran"]
+    length = pack_state["params"]["context_length"]
+    sep_tokens = len(pack_state["params"].get("separator_ids") or [1])
+    packing = read_packing(ws)
+    over = int((packing.context_tokens() > length).sum())
+    if over:
+        problems.append(f"{over} contexts exceed {length} tokens")
+    doc_tokens = packed_document_tokens(ws)
+    if not metrics.every_doc_once(
+        packing, np.sort(ordered.astype(np.int64)), doc_tokens, sep_tokens
+    ):
+        problems.append("packed pieces do not cover every kept document's tokens exactly once")
+    return problems
+
+
 def check_workspace(ws: Workspace, deep: bool = False) -> list[str]:
     """Problems found (empty = all good): stale stages, else the invariants of
-    `stages.check_invariants` (which a half-updated workspace would fail misleadingly).
+    `check_invariants` (which a half-updated workspace would fail misleadingly).
 
     Args:
         deep: first read every block back (`read_every_block`).
@@ -100,4 +149,4 @@ def check_workspace(ws: Workspace, deep: bool = False) -> list[str]:
     """
     if deep:
         read_every_block(ws)
-    return stale_stages(ws) or stages.check_invariants(ws)
+    return stale_stages(ws) or check_invariants(ws)

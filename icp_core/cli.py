@@ -654,24 +654,24 @@ def layout(workspace: WorkspaceOpt, force: ForceOpt = False, wait: WaitOpt = 0.0
 def job(
     spec: Annotated[str, typer.Argument(help="JSON job spec file, or - to read it from stdin.")],
 ) -> None:
-    """Run one job for the app (see `pipeline.run_job`); exits 1 when the job failed.
+    """Run one job for the app (see `jobs.run_job`); exits 1 when the job failed.
 
     With `-`, the worker loads its kernels first and then waits for the spec: the app keeps
     one such worker ready so that applying new parameters starts at once.
     """
-    from icp_core import pipeline
+    from icp_core import jobs
 
     # the app cancels a job with SIGTERM and expects it gone at once, not after the current
     # compiled loop returns; the DuckDB write it interrupts rolls back all the same
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     if spec == "-":
-        pipeline.warm_up()
+        jobs.warm_up()
         text = sys.stdin.read()
         if not text.strip():  # the app went away without sending a job
             return
     else:
         text = Path(spec).read_text()
-    status = pipeline.run_job(json.loads(text))
+    status = jobs.run_job(json.loads(text))
     if status["state"] != "done":
         raise typer.Exit(1)
 

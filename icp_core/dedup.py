@@ -15,6 +15,7 @@ import numpy as np
 
 from icp_core import _kernels
 from icp_core.errors import IcpError
+from icp_core.metrics import pair_similarity
 
 DEFAULT_THRESHOLD = 0.95
 NEAR_COPY_PREFIX_CHARS = 100
@@ -81,3 +82,30 @@ def find_near_copies(
     return _kernels.trigram_near_copies(
         codes.astype(np.int64), offsets, np.ascontiguousarray(order, dtype=np.int64), threshold
     )
+
+
+def near_copy_filter(
+    texts: list[str], order: np.ndarray, vectors: np.ndarray
+) -> tuple[np.ndarray, dict[str, list]]:
+    """`order` without the near copies of their previous kept document (`find_near_copies`),
+    and the drops (doc, kept_doc, sim, reason) as the order_drops table records them.
+
+    Args:
+        texts: document texts by document (only the first 100 characters are read).
+        order: (M,) path over document numbers.
+        vectors: (N, d) unit vectors by document, for the drops' similarity.
+    """
+    drop, copy_of = find_near_copies(texts, order)
+    dropped, kept_for = order[drop], copy_of[drop]
+    sims = pair_similarity(vectors, dropped, kept_for) if len(dropped) else np.zeros(0)
+    drops = {
+        "doc": dropped.tolist(),
+        "kept_doc": kept_for.tolist(),
+        "sim": sims.tolist(),
+        "reason": [
+            f"near copy of the previous document (first {NEAR_COPY_PREFIX_CHARS} characters,"
+            f" trigram Jaccard > {NEAR_COPY_JACCARD}; authors' filter)"
+        ]
+        * len(dropped),
+    }
+    return order[~drop], drops

@@ -3,7 +3,7 @@
 Each row orders the kept documents with one method (`traverse.traverse`, with the `original`
 method's near-copy filter as in the order stage), packs them with one policy
 (`pack.pack_contexts`, shuffled) and measures the contexts with the tool's own metric code
-(`metrics.packing_metrics`, `metrics.every_doc_once`) on the same inputs `icp metrics` uses,
+(`metrics.packing_terms`, `metrics.every_doc_once`) on the same inputs `icp metrics` uses,
 so a row reads like `icp metrics` after `icp run --order METHOD --pack POLICY`. Next to the
 metrics: the seconds ordering and packing took (after a warm-up, so numba compilation is not
 counted), and the share of the two upper bounds of `metrics.path_upper_bounds` that
@@ -91,9 +91,9 @@ def load_corpus(ws: Workspace, params: Params, report: Report = _noop) -> Corpus
     )
 
 
-def _scored(corpus: Corpus, kept: np.ndarray) -> stages.KeptScoring:
+def _scored(corpus: Corpus, kept: np.ndarray) -> metrics.KeptScoring:
     """What the metrics read about `kept`, built as `stages.compute_metrics` builds it."""
-    return stages.KeptScoring.build(
+    return metrics.KeptScoring.build(
         corpus.neighbor_ids, corpus.neighbor_sims, kept, corpus.params.k, corpus.texts
     )
 
@@ -108,7 +108,7 @@ def _warm_up(method: str) -> None:
 
 def upper_bounds(corpus: Corpus) -> dict[str, float | None]:
     """`metrics.path_upper_bounds` of the kept documents' kNN graph, with its seconds."""
-    sub_ids, sub_sims = stages.restrict_graph(
+    sub_ids, sub_sims = traverse.restrict_graph(
         corpus.neighbor_ids, corpus.neighbor_sims, corpus.kept, corpus.params.k
     )
     started = time.perf_counter()
@@ -138,7 +138,7 @@ def evaluate(
         context_length, seed, n_documents, n_kept}.
     """
     params = corpus.params
-    sub_ids, sub_sims = stages.restrict_graph(
+    sub_ids, sub_sims = traverse.restrict_graph(
         corpus.neighbor_ids, corpus.neighbor_sims, corpus.kept, params.k
     )
     bounds = upper_bounds(corpus)

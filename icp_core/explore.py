@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from icp_core import metrics, pack, pipeline, stages
+from icp_core import metrics, pack, pipeline, stages, traverse
 from icp_core.errors import IcpError
 from icp_core.params import Params
 from icp_core.workspace import Workspace
@@ -189,12 +189,7 @@ def adjacent_similarities(ws: Workspace, params: Params) -> dict[str, np.ndarray
     stored contexts ("current") and for the random packing the metrics compare against
     ("random"): the distributions behind adjacent_sim_mean and random_adjacent_sim_mean."""
     state = ws.stage_state("pack")
-    token_join, token_params = _token_join(ws)
-    doc_tokens = ws.column(
-        f"SELECT t.n_tokens FROM documents d {token_join} ORDER BY d.doc",
-        token_params,
-        dtype=np.int64,
-    )
+    doc_tokens = stages.packed_document_tokens(ws)
     vectors = stages.read_vectors(ws)
     kept = stages.kept_documents(ws, include_order_drops=True)
     sep_tokens = len(state["params"].get("separator_ids") or [1])
@@ -483,12 +478,7 @@ def comparable(ws: Workspace, params: Params, other: Params) -> str | None:
 def compare_settings(ws: Workspace, params: Params, others: dict[str, Params]) -> list[Setting]:
     """The stored contexts (named "current") and, computed in memory without writing, each of
     `others` (RANDOM_PACKING: the metrics' random baseline), measured the same way."""
-    token_join, token_params = _token_join(ws)
-    doc_tokens = ws.column(
-        f"SELECT t.n_tokens FROM documents d {token_join} ORDER BY d.doc",
-        token_params,
-        dtype=np.int64,
-    )
+    doc_tokens = stages.packed_document_tokens(ws)
     vectors = stages.read_vectors(ws)
     ids, sims = stages.read_neighbors(ws)
     kept = stages.kept_documents(ws, include_order_drops=True)
@@ -501,7 +491,7 @@ def compare_settings(ws: Workspace, params: Params, others: dict[str, Params]) -
             packing = stages.random_packing(kept, doc_tokens, params, sep_tokens)
             packings[name] = (params.updated(order="random"), packing)
             continue
-        order = stages.order_documents(ids, sims, kept, other)
+        order = traverse.traverse_kept(ids, sims, kept, other.k, other.order, other.seed)
         packings[name] = (
             other,
             pack.pack_contexts(
@@ -512,7 +502,7 @@ def compare_settings(ws: Workspace, params: Params, others: dict[str, Params]) -
     result, scorings = [], {}
     for name, (setting, packing) in packings.items():
         if setting.k not in scorings:
-            scorings[setting.k] = stages.KeptScoring.build(ids, sims, kept, setting.k, texts)
+            scorings[setting.k] = metrics.KeptScoring.build(ids, sims, kept, setting.k, texts)
         measured = scorings[setting.k].measure(
             packing, vectors, doc_tokens, setting.context_length, labels
         )

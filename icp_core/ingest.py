@@ -303,6 +303,11 @@ def id_names(inputs: Sequence[str | Path]) -> dict[str, str]:
 # ---------------------------------------------------------------------------------------------
 
 
+def duplicate_id_reason(doc_id: str, first_place: str) -> str:
+    """The reject reason of a row whose id an earlier row (at `first_place`, file:line) took."""
+    return f"duplicate id '{doc_id}' (first at {first_place})"
+
+
 def parse_source(
     path: str | Path,
     text_field: str = "text",

@@ -15,7 +15,7 @@ import numpy as np
 
 from icp_core import _kernels
 from icp_core.pack import Packing
-from icp_core.traverse import are_knn_edges
+from icp_core.traverse import are_knn_edges, restrict_graph
 
 CACHE_LAMBDA = 0.8
 CACHE_MAX_WORDS = 2000
@@ -152,33 +152,7 @@ def every_doc_once(
     )
 
 
-def packing_metrics(
-    packing: Packing,
-    vectors: np.ndarray,
-    doc_tokens: np.ndarray,
-    context_length: int,
-    neighbor_ids: np.ndarray,
-    labels: np.ndarray | None,
-    words: WordIds | None,
-) -> dict[str, float | int | None]:
-    """The per-packing metrics of DESIGN.md.
-
-    Args:
-        packing: the contexts.
-        vectors: (N, d) unit vectors by document.
-        doc_tokens: (N,) token counts by document.
-        context_length: L.
-        neighbor_ids: (N, k) kNN lists by document (-1 = none), for jump_rate.
-        labels: (N,) labels by document, or None.
-        words: word ids for context_cache_gain, or None to skip it.
-    """
-    measured, _ = packing_terms(
-        packing, vectors, doc_tokens, context_length, neighbor_ids, labels, words
-    )
-    return measured
-
-
-# each mean of packing_metrics and the count of terms it averages (in packing_terms' weights)
+# each mean packing_terms measures and the count of terms it averages (in its weights)
 MEAN_WEIGHTS = {
     "adjacent_sim_mean": "n_transitions",
     "context_pairwise_sim_mean": "n_multi_contexts",
@@ -198,9 +172,23 @@ def packing_terms(
     labels: np.ndarray | None,
     words: WordIds | None,
 ) -> tuple[dict[str, float | int | None], dict[str, int]]:
-    """`packing_metrics` and how many terms each of its means averages: the weights that
-    combine the metrics of packings of disjoint documents into their union's
-    (`combine_packing_metrics`). Same arguments as `packing_metrics`."""
+    """The per-packing metrics of DESIGN.md, and how many terms each of their means averages:
+    the weights that combine the metrics of packings of disjoint documents into their union's
+    (`combine_packing_metrics`).
+
+    Args:
+        packing: the contexts.
+        vectors: (N, d) unit vectors by document.
+        doc_tokens: (N,) token counts by document.
+        context_length: L.
+        neighbor_ids: (N, k) kNN lists by document (-1 = none), for jump_rate.
+        labels: (N,) labels by document, or None.
+        words: word ids for context_cache_gain, or None to skip it.
+
+    Returns:
+        (metrics, weights): the metrics by name (n_transitions included); the term counts
+        n_transitions, n_multi_contexts, n_contexts and n_cache_pieces.
+    """
     first, second = adjacent_pairs(packing)
     adjacent = pair_similarity(vectors, first, second) if len(first) else np.zeros(0)
     pairwise = context_pairwise_similarity(packing, vectors)
@@ -235,8 +223,8 @@ def packing_terms(
 def combine_packing_metrics(
     parts: list[tuple[dict[str, float | int | None], dict[str, int]]],
 ) -> dict[str, float | int | None]:
-    """The `packing_metrics` of a packing made of packings of disjoint documents (no context
-    spans two), from each part's `packing_terms`: every mean weighted by its term count."""
+    """The metrics of a packing made of packings of disjoint documents (no context spans
+    two), from each part's `packing_terms`: every mean weighted by its term count."""
     combined: dict[str, float | int | None] = {}
     for key, weight in MEAN_WEIGHTS.items():
         pairs = [(m[key], w[weight]) for m, w in parts if m.get(key) is not None and w[weight]]
@@ -244,6 +232,56 @@ def combine_packing_metrics(
         combined[key] = sum(v * w for v, w in pairs) / total if total else None
     combined["n_transitions"] = int(sum(w["n_transitions"] for _, w in parts))
     return combined
+
+
+@dataclass(frozen=True)
+class KeptScoring:
+    """What the metrics read about the kept documents, renumbered 0..M-1 in document order:
+    their kNN lists among themselves (first k) and their word ids."""
+
+    kept: np.ndarray
+    local_of: np.ndarray
+    neighbor_ids: np.ndarray
+    words: WordIds
+
+    @classmethod
+    def build(
+        cls, ids: np.ndarray, sims: np.ndarray, kept: np.ndarray, k: int, texts: list[str]
+    ) -> KeptScoring:
+        """`ids`, `sims`: stored (N, k_max) lists; `texts`: every document's text by doc."""
+        local_of = np.full(len(ids), -1, dtype=np.int64)
+        local_of[kept] = np.arange(len(kept))
+        sub_ids, _ = restrict_graph(ids, sims, kept, k)
+        return cls(kept, local_of, sub_ids, word_ids([texts[d] for d in kept]))
+
+    def measure(
+        self,
+        packing: Packing,
+        vectors: np.ndarray,
+        doc_tokens: np.ndarray,
+        context_length: int,
+        labels: np.ndarray | None,
+    ) -> dict[str, float | int | None]:
+        """The `packing_terms` metrics of a packing over the kept documents (arrays by doc)."""
+        local = Packing(
+            packing.context,
+            packing.slot,
+            self.local_of[packing.doc],
+            packing.start,
+            packing.end,
+            packing.sep,
+            packing.n_contexts,
+        )
+        measured, _ = packing_terms(
+            local,
+            vectors[self.kept],
+            doc_tokens[self.kept],
+            context_length,
+            self.neighbor_ids,
+            labels[self.kept] if labels is not None else None,
+            self.words,
+        )
+        return measured
 
 
 def path_upper_bounds(
@@ -306,7 +344,7 @@ def report(
 
     Args:
         counts: n_documents, n_rejected, n_duplicates, n_kept, n_contexts, every_doc_once.
-        current, random: `packing_metrics` of the contexts and of a random packing.
+        current, random: the `packing_terms` metrics of the contexts and of a random packing.
         parameters: order, k, context_length, pack, dedup_threshold.
     """
     result: dict[str, object] = dict(counts)

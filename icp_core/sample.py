@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from icp_core import pipeline
+from icp_core import jobs, pipeline, stages
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 
@@ -54,7 +53,7 @@ def sample_spec(workspace: str | Path) -> dict[str, Any]:
     return {
         "workspace": str(workspace),
         "inputs": [str(SAMPLE_DOCUMENTS)],
-        "seed_sample_cache": True,
+        "seed_cache": str(SAMPLE_EMBEDDINGS),
         "params": Params().to_dict(),
         "until": SAMPLE_UNTIL,
         "description": "Preparing the bundled sample",
@@ -81,32 +80,6 @@ def sample_ready(path: str | Path) -> bool:
         return False
 
 
-def export_embedding_cache(ws: Workspace, path: Path = SAMPLE_EMBEDDINGS) -> int:
-    """Write the workspace's embedding cache to Parquet (how the shipped cache was made)."""
-    table = ws.arrow("SELECT model_key, text_hash, vector FROM embedding_cache ORDER BY text_hash")
-    pq.write_table(table, path, compression="zstd")
-    return table.num_rows
-
-
-def seed_embedding_cache(ws: Workspace, path: Path = SAMPLE_EMBEDDINGS) -> int:
-    """Add the rows of a cache Parquet that the workspace lacks; returns how many."""
-    if not path.exists():
-        return 0
-    table = pq.read_table(path)
-    with ws.transaction():
-        before = int(ws.scalar("SELECT count(*) FROM embedding_cache"))
-        ws.con.register("_seed", table)
-        try:
-            ws.execute(
-                """INSERT INTO embedding_cache
-                   SELECT s.model_key, s.text_hash, s.vector FROM _seed s
-                   ANTI JOIN embedding_cache c USING (model_key, text_hash)"""
-            )
-        finally:
-            ws.con.unregister("_seed")
-        return int(ws.scalar("SELECT count(*) FROM embedding_cache")) - before
-
-
 def build_sample_workspace(
     path: str | Path, params: Params | None = None, progress=pipeline._no_progress
 ) -> Path:
@@ -114,7 +87,7 @@ def build_sample_workspace(
     params = params or Params()
     with Workspace(path) as ws:
         pipeline.ingest(ws, [str(SAMPLE_DOCUMENTS)], params, progress)
-        seed_embedding_cache(ws)
+        stages.seed_embedding_cache(ws, SAMPLE_EMBEDDINGS)
         pipeline.run(ws, params, progress=progress)
     return Path(path)
 
@@ -166,7 +139,7 @@ def prepare(path: str | Path | None = None, out=sys.stderr) -> float:
     names = ("warm-up", *pipeline.STAGE_NAMES[: pipeline.STAGE_NAMES.index(SAMPLE_UNTIL) + 1])
     bar = _Bar(names, out)
     bar("warm-up")
-    pipeline.warm_up()  # compiles icp_core's kernels into numba's cache
+    jobs.warm_up()  # compiles icp_core's kernels into numba's cache
     if sample_ready(path):
         bar.draw("ready", len(names), 0, 0, end="\n")
         out.write(f"The sample at {path} is up to date ({time.time() - started:.1f} s).\n")
@@ -177,7 +150,7 @@ def prepare(path: str | Path | None = None, out=sys.stderr) -> float:
     params = Params.from_dict(spec["params"])
     with Workspace(path) as ws:
         pipeline.ingest(ws, spec["inputs"], params, bar)
-        seed_embedding_cache(ws)
+        stages.seed_embedding_cache(ws, SAMPLE_EMBEDDINGS)
         pipeline.run(ws, params, until=SAMPLE_UNTIL, progress=bar)
     bar.draw("done", len(names), 0, 0, end="\n")
     out.write(f"Prepared the sample for the app in {time.time() - started:.1f} s: {path}\n")

@@ -529,6 +529,14 @@ def load(spec: str | None) -> LMTokenizer:
     return _load_file(name, str(path), stat.st_size, stat.st_mtime_ns)
 
 
+def file_stamp(spec: str | None) -> str:
+    """The file a --tokenizer value names, as path, size and modification time (ns): what
+    tells, without reading it, that it is the file a stored key was computed from."""
+    _, path = resolve(spec)
+    stat = path.stat()
+    return f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+
+
 @lru_cache(maxsize=4)
 def _load_file(name: str, path_text: str, size: int, mtime_ns: int) -> LMTokenizer:
     path = Path(path_text)

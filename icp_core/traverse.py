@@ -194,3 +194,58 @@ def transitions_on_edges(order: np.ndarray, neighbor_ids: np.ndarray) -> np.ndar
     if len(order) > 1:
         out[1:] = are_knn_edges(order[:-1], order[1:], neighbor_ids)
     return out
+
+
+def restrict_graph(
+    ids: np.ndarray, sims: np.ndarray, kept: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The kNN lists among kept documents only, renumbered 0..M-1 in document order.
+
+    Removed neighbours are dropped from each list and the next ones move up, so each kept
+    document keeps up to k neighbours.
+
+    Args:
+        ids, sims: (N, k_stored) lists of every document, best first, -1 = none.
+        kept: (M,) sorted document numbers to keep.
+        k: columns of the result (padded with -1 when fewer documents remain).
+
+    Returns:
+        (M, k) ids (local numbers) and sims.
+    """
+    keep_mask = np.zeros(len(ids), dtype=bool)
+    keep_mask[kept] = True
+    sub_ids, sub_sims = ids[kept], sims[kept]
+    valid = (sub_ids >= 0) & keep_mask[np.maximum(sub_ids, 0)]
+    moved = np.argsort(~valid, axis=1, kind="stable")[:, :k]
+    sub_ids = np.take_along_axis(sub_ids, moved, axis=1)
+    sub_sims = np.take_along_axis(sub_sims, moved, axis=1)
+    valid = np.take_along_axis(valid, moved, axis=1)
+    new_index = np.cumsum(keep_mask) - 1
+    sub_ids = np.where(valid, new_index[np.maximum(sub_ids, 0)], -1)
+    sub_sims = np.where(valid, sub_sims, 0.0).astype(np.float32)
+    if sub_ids.shape[1] < k:  # fewer documents than k: pad
+        pad = k - sub_ids.shape[1]
+        sub_ids = np.pad(sub_ids, ((0, 0), (0, pad)), constant_values=-1)
+        sub_sims = np.pad(sub_sims, ((0, 0), (0, pad)))
+    return sub_ids, sub_sims
+
+
+def traverse_kept(
+    ids: np.ndarray, sims: np.ndarray, kept: np.ndarray, k: int, method: str = "icp", seed: int = 0
+) -> np.ndarray:
+    """`traverse` over the kNN graph of the kept documents (their first k neighbours among
+    themselves); returns the kept document numbers in path order."""
+    sub_ids, sub_sims = restrict_graph(ids, sims, kept, k)
+    return kept[traverse(sub_ids, sub_sims, method, seed)]
+
+
+def jumps_along(order: np.ndarray, ids: np.ndarray, sims: np.ndarray, k: int) -> np.ndarray:
+    """(len(order),) bool: steps that do not follow an edge of the kNN graph (among the
+    documents of `order`, first k neighbours); False at position 0."""
+    members = np.sort(order)
+    sub_ids, _ = restrict_graph(ids, sims, members, k)
+    local = np.searchsorted(members, order)
+    is_jump = ~transitions_on_edges(local, sub_ids)
+    if len(is_jump):
+        is_jump[0] = False
+    return is_jump

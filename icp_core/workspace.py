@@ -1,6 +1,6 @@
 """The workspace: one DuckDB file that holds every stage's output and the runs that made it.
 
-Stages never see SQL beyond this module and `stages.py`: they get numpy arrays and Arrow
+Stages never see SQL beyond this module and the `stages` adapters: they get numpy arrays and Arrow
 tables in, and hand Arrow tables back. Writes go through `transaction()`, so a stage's tables
 and its bookkeeping row land together or not at all (an interrupted run leaves the previous
 state intact).

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from icp_core import pipeline, sample
+from icp_core import pipeline, stages
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 
@@ -66,7 +66,7 @@ TINY_EMBEDDINGS = Path(__file__).parent / "data" / "tiny_embeddings.parquet"
 
 
 def seed_tiny_vectors(ws: Workspace) -> None:
-    sample.seed_embedding_cache(ws, TINY_EMBEDDINGS)
+    stages.seed_embedding_cache(ws, TINY_EMBEDDINGS)
 
 # b is a near-copy of a (cosine about 0.985 with the packaged model); c is unrelated
 DUPLICATE_ROWS = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from icp_core.dedup import find_duplicates, find_near_copies
+from icp_core.dedup import find_duplicates, find_near_copies, near_copy_filter
 from icp_core.errors import IcpError
 
 
@@ -55,3 +55,16 @@ class TestNearCopies:
     def test_short_and_empty_prefixes_never_match(self):
         drop, _ = find_near_copies(["ab", "ab", ""], np.array([0, 1, 2]))
         assert not drop.any()
+
+    def test_the_filter_records_each_drop_with_the_document_it_copies(self):
+        text = "the same opening words of a document that repeats " * 3
+        vectors = np.array([[1, 0], [0.6, 0.8], [0, 1]], np.float32)
+        texts = [text, "other words entirely " * 5, text]
+        order, drops = near_copy_filter(texts, np.array([2, 0, 1]), vectors)
+        assert order.tolist() == [2, 1]
+        assert drops["doc"] == [0] and drops["kept_doc"] == [2]
+        assert drops["sim"] == pytest.approx([0.0])
+        assert drops["reason"] == [
+            "near copy of the previous document (first 100 characters, trigram Jaccard > 0.85;"
+            " authors' filter)"
+        ]

@@ -8,8 +8,9 @@ import json
 
 import numpy as np
 
-from icp_core import embed, pipeline, stages
+from icp_core import embed, jobs, pipeline
 from icp_core.params import Params
+from icp_core.stages.embed import _embed_missing
 from icp_core.workspace import Workspace
 
 
@@ -91,7 +92,7 @@ def test_stage_shows_progress_before_loading_the_model(tiny_jsonl, tmp_path, mon
     params = Params(k=3, batch_size=4)
     with Workspace(tmp_path / "w.duckdb") as ws:
         pipeline.ingest(ws, [str(tiny_jsonl)], params)
-        n_new = stages._embed_missing(ws, params, "test-key", recorder)
+        n_new = _embed_missing(ws, params, "test-key", recorder)
     assert n_new == 18
     assert events[:3] == [("report", 0, 18), ("note", "loading model"), ("load",)]
     reports = [e for e in events if e[0] == "report"]
@@ -102,7 +103,7 @@ def test_stage_shows_progress_before_loading_the_model(tiny_jsonl, tmp_path, mon
 
 def test_job_status_file_carries_the_note(tmp_path):
     status_file = tmp_path / "status.json"
-    reporter = pipeline._JobReporter(status_file, {"state": "running"})
+    reporter = jobs._JobReporter(status_file, {"state": "running"})
     report = reporter("embed")
     report(0, 100)
     embed.note(report, "loading model")

@@ -22,12 +22,12 @@ def packing_of(contexts: list[list[int]], doc_tokens: np.ndarray) -> Packing:
     )
 
 
-def test_packing_metrics_on_a_hand_checked_case():
+def test_packing_terms_on_a_hand_checked_case():
     doc_tokens = np.array([3, 3, 3, 3])
     packing = packing_of([[0, 1, 2], [3]], doc_tokens)
     ids = np.array([[1], [0], [-1], [-1]])  # the only kNN edge: 0-1
     labels = np.array(["a", "a", "b", "b"], dtype=object)
-    result = metrics.packing_metrics(packing, VECTORS, doc_tokens, 8, ids, labels, None)
+    result, weights = metrics.packing_terms(packing, VECTORS, doc_tokens, 8, ids, labels, None)
     assert result["adjacent_sim_mean"] == pytest.approx((0.6 + 0.8) / 2)
     assert result["context_pairwise_sim_mean"] == pytest.approx((0.6 + 0.8 + 0.0) / 3)
     assert result["jump_rate"] == pytest.approx(0.5)
@@ -35,6 +35,9 @@ def test_packing_metrics_on_a_hand_checked_case():
     assert result["token_efficiency"] == pytest.approx(12 / 16)
     assert result["n_transitions"] == 2
     assert result["context_cache_gain"] is None
+    assert weights == {
+        "n_transitions": 2, "n_multi_contexts": 1, "n_contexts": 2, "n_cache_pieces": 0
+    }  # fmt: skip
 
 
 def test_cache_gain_by_hand():

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 
-from icp_core import pipeline, stages
+from icp_core import check, pipeline, stages
 from icp_core.errors import IcpError
 from icp_core.params import Params
 from icp_core.workspace import Workspace
+from tests.app.workspaces import synthetic_workspace
 from tests.conftest import TINY_PARAMS, run_duplicate_corpus, write_jsonl
 
 
@@ -130,7 +132,7 @@ def test_one_document(tmp_path):
         result = stages.latest_metrics(ws, TINY_PARAMS)
         assert result["every_doc_once"] and result["n_contexts"] == 1
         assert result["adjacent_sim_mean"] is None and result["jump_rate"] is None
-        assert stages.check_invariants(ws) == []
+        assert check.check_invariants(ws) == []
 
 
 def test_duplicates_are_removed_recorded_and_accounted_for(tmp_path):
@@ -162,7 +164,7 @@ def test_original_order_records_its_near_copy_drops(tmp_path):
         assert all(d["doc"] != 5 and d["kept_doc"] != 5 for d in drops)
         result = stages.latest_metrics(ws, params)
         assert result["n_duplicates"] == len(drops) and result["every_doc_once"]
-        assert stages.check_invariants(ws) == []
+        assert check.check_invariants(ws) == []
 
 
 def test_k_larger_than_the_corpus(tiny_workspace):
@@ -189,3 +191,39 @@ def test_bad_parameters(tiny_workspace, change, message):
 def test_settings_round_trip():
     params = Params(k=7, dedup_threshold=None, tokenizer="/x/tokenizer.json")
     assert Params.from_dict(params.to_dict()) == params
+
+
+def test_rerunning_with_the_same_parameters_skips_every_stage(tmp_path):
+    """pack stores its separator ids next to its key; that must not make it re-run."""
+    path = synthetic_workspace(tmp_path)
+    with Workspace(path) as ws:
+        outcomes = pipeline.run(ws, Params.from_dict(ws.load_settings()))
+    assert {o.stage: o.status for o in outcomes} == dict.fromkeys(
+        ("embed", "knn", "dedup", "order", "pack", "metrics"), "skipped"
+    )
+
+
+def test_a_skipped_pack_neither_loads_nor_hashes_its_tokenizer(tiny_workspace, tmp_path):
+    """pack's key reuses the stored tokenizer key while the file's path, size and mtime stand;
+    other content in the file re-keys it, the same content rewritten does not."""
+    from icp_core import tokenizer
+
+    _, qwen_ranks = tokenizer.resolve("qwen3.6")
+    lines = qwen_ranks.read_bytes().splitlines()[:2000]  # bytes first, then merges
+    ranks_file = tmp_path / "small.tiktoken"
+    ranks_file.write_bytes(b"\n".join(lines) + b"\n")
+    params = TINY_PARAMS.updated(tokenizer=str(ranks_file))
+
+    def pack_after_a_fresh_start() -> tuple[str, int]:
+        tokenizer._load_file.cache_clear()  # as in a new process
+        with Workspace(tiny_workspace) as ws:
+            status = statuses(pipeline.run(ws, params))["pack"]
+        return status, tokenizer._load_file.cache_info().misses
+
+    assert pack_after_a_fresh_start() == ("ran", 1)
+    assert pack_after_a_fresh_start() == ("skipped", 0)
+    ranks_file.write_bytes(b"\n".join(lines[:1999]) + b"\n")
+    assert pack_after_a_fresh_start() == ("ran", 1)
+    ranks_file.write_bytes(b"\n".join(lines[:1999]) + b"\n")  # same bytes, a new mtime
+    os.utime(ranks_file, ns=(0, 10**18))
+    assert pack_after_a_fresh_start() == ("skipped", 1)  # loaded to learn its key

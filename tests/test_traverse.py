@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from icp_core.errors import IcpError
-from icp_core.traverse import METHODS, build_graph, transitions_on_edges, traverse
+from icp_core.traverse import (
+    METHODS,
+    build_graph,
+    jumps_along,
+    restrict_graph,
+    transitions_on_edges,
+    traverse,
+    traverse_kept,
+)
 
 
 def random_graph(n: int, k: int, seed: int, missing: float = 0.1):
@@ -212,3 +220,34 @@ def test_transitions_on_edges_flags_jumps():
         False,
         True,
     ]
+
+
+class TestKeptGraph:
+    """Documents 0..3, doc 1 removed (a duplicate): lists among 0, 2, 3 as local 0, 1, 2."""
+
+    ids = np.array([[1, 2], [0, 3], [3, 0], [2, -1]])
+    sims = np.array([[0.9, 0.5], [0.9, 0.4], [0.8, 0.5], [0.8, 0.0]], np.float32)
+    kept = np.array([0, 2, 3])
+
+    def test_removed_neighbours_drop_out_and_the_next_move_up(self):
+        sub_ids, sub_sims = restrict_graph(self.ids, self.sims, self.kept, 2)
+        assert sub_ids.tolist() == [[1, -1], [2, 0], [1, -1]]
+        np.testing.assert_allclose(sub_sims, [[0.5, 0.0], [0.8, 0.5], [0.8, 0.0]])
+
+    def test_lists_narrower_than_k_are_padded(self):
+        sub_ids, sub_sims = restrict_graph(self.ids, self.sims, self.kept, 3)
+        assert sub_ids.tolist() == [[1, -1, -1], [2, 0, -1], [1, -1, -1]]
+        assert sub_sims.shape == (3, 3)
+
+    def test_traverse_kept_orders_the_kept_documents_only(self):
+        for method in METHODS:
+            order = traverse_kept(self.ids, self.sims, self.kept, 2, method)
+            assert sorted(order.tolist()) == [0, 2, 3]
+
+    def test_jumps_are_steps_off_the_kept_graph(self):
+        # 0 -> 3 is no edge once 1 is gone; 3 -> 2 is one
+        assert jumps_along(np.array([0, 3, 2]), self.ids, self.sims, 2).tolist() == [
+            False,
+            True,
+            False,
+        ]

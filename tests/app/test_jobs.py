@@ -6,7 +6,7 @@ import time
 import pytest
 
 from app import jobs
-from icp_core import pipeline
+from icp_core.jobs import write_status
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 
@@ -64,7 +64,7 @@ def test_a_second_job_on_the_same_workspace_is_refused_while_one_runs(runner, sa
 
 def test_a_vanished_worker_is_reported(runner, tmp_path):
     workspace = tmp_path / "ws.duckdb"
-    pipeline.write_status(
+    write_status(
         runner.status_path(workspace),
         {"state": "running", "pid": 2**22 + 12345, "started_at": time.time()},
     )
@@ -113,7 +113,7 @@ def test_status_files_are_per_workspace(runner, tmp_path):
 
 def test_sample_spec_builds_from_the_shipped_data():
     spec = jobs.sample_spec("/somewhere/sample.duckdb")
-    assert spec["seed_sample_cache"] and spec["until"] == "layout"
+    assert spec["seed_cache"] and spec["until"] == "layout"
     assert Params.from_dict(spec["params"]) == Params()
 
 

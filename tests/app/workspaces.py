@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from app import jobs
-from icp_core import pipeline
+from icp_core.jobs import run_job
 
 
 def built_sample(base: Path) -> Path:
@@ -17,7 +17,7 @@ def built_sample(base: Path) -> Path:
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         spec = dict(jobs.sample_spec(path), status_file=str(folder / "status.json"))
-        status = pipeline.run_job(spec)
+        status = run_job(spec)
         assert status["state"] == "done", status["error"]
     return path
 
@@ -84,6 +84,6 @@ def synthetic_workspace(
         "until": until,
         "status_file": str(folder / "status.json"),
     }
-    status = pipeline.run_job(spec)
+    status = run_job(spec)
     assert status["state"] == "done", status["error"]
     return path

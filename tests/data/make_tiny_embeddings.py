@@ -12,7 +12,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from icp_core import pipeline, sample
+from icp_core import pipeline, stages
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 from tests.conftest import DUPLICATE_ROWS, TINY_EMBEDDINGS, tiny_rows, write_jsonl
@@ -24,7 +24,7 @@ def main() -> None:
         with Workspace(Path(folder) / "ws.duckdb") as ws:
             pipeline.ingest(ws, [str(corpus)], Params())
             pipeline.run(ws, Params(), until="embed")
-            rows = sample.export_embedding_cache(ws, TINY_EMBEDDINGS)
+            rows = stages.export_embedding_cache(ws, TINY_EMBEDDINGS)
     print(f"{TINY_EMBEDDINGS}: {rows} vectors")
 
 

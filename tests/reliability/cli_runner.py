@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,29 @@ def icp_here(*args: Any) -> Result:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = run_cli([str(a) for a in args])
     return Result(int(code), out.getvalue(), err.getvalue())
+
+
+def hold_workspace(path: Path, seconds: float) -> subprocess.Popen:
+    """Another process that opens `path` for writing and keeps it `seconds` seconds; returns
+    once that process holds the write lock (`wait()` on it to let it finish)."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
+                import time
+                from icp_core.workspace import Workspace
+                ws = Workspace({str(path)!r})
+                print("holding", flush=True)
+                time.sleep({seconds!r})
+                ws.close()
+            """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout.readline().strip() == "holding"
+    return holder
 
 
 def no_bug(result: Result) -> None:

@@ -15,30 +15,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from icp_core import pipeline, stages
-from icp_core.errors import IcpError
+from icp_core import check, pipeline, stages
+from icp_core.errors import ExitCode, IcpError
 from icp_core.ingest import file_problem, parse_source
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 from tests.conftest import TINY_PARAMS, write_jsonl
-
-
-def icp(*args, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "icp_core.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        **kwargs,
-    )
-
-
-def one_line_error(result: subprocess.CompletedProcess, fragment: str, code: int = 2) -> None:
-    assert result.returncode == code, result.stderr
-    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error: ")]
-    assert len(lines) == 1 and fragment in lines[0], result.stderr
-    assert "Traceback" not in result.stderr
-
+from tests.reliability.cli_runner import hold_workspace, icp, one_line
 
 BOM = b"\xef\xbb\xbf"
 
@@ -72,7 +55,7 @@ class TestDocuments:
             result = stages.latest_metrics(ws, params)
             assert result["every_doc_once"] and result["n_kept"] == 3
             assert result["n_contexts"] > 1000  # the huge document spans many contexts
-            assert stages.check_invariants(ws) == []
+            assert check.check_invariants(ws) == []
 
 
 class TestParameters:
@@ -86,7 +69,7 @@ class TestParameters:
         with Workspace(tiny_workspace) as ws:
             pipeline.run(ws, params)
             assert stages.latest_metrics(ws, params)["every_doc_once"]
-            assert stages.check_invariants(ws) == []
+            assert check.check_invariants(ws) == []
 
 
 class TestEmbeddings:
@@ -97,7 +80,7 @@ class TestEmbeddings:
         result = icp(
             "run", tiny_jsonl, "-w", tmp_path / "w.duckdb", "--vectors", tmp_path / "v.npy"
         )
-        one_line_error(result, "vectors hold NaN or inf (first: document")
+        one_line(result, ExitCode.USAGE, "vectors hold NaN or inf (first: document")
 
     @pytest.mark.slow
     def test_model_that_outputs_nan(self, tiny_jsonl, tmp_path):
@@ -114,7 +97,7 @@ class TestEmbeddings:
         result = icp(
             "run", tiny_jsonl, "-w", tmp_path / "w.duckdb", "--model", tmp_path / "nan-model"
         )
-        one_line_error(result, "the model returned NaN/inf vectors")
+        one_line(result, ExitCode.USAGE, "the model returned NaN/inf vectors")
 
 
 class TestWorkspaceFiles:
@@ -126,28 +109,12 @@ class TestWorkspaceFiles:
             locked.mkdir(mode=0o500)
             target = locked / "w.duckdb"
         result = icp("ingest", tiny_jsonl, "-w", target)
-        one_line_error(result, "choose a writable --workspace path")
+        one_line(result, ExitCode.USAGE, "choose a writable --workspace path")
 
     def test_busy_workspace_says_so_and_can_wait(self, tiny_workspace):
-        holder = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                textwrap.dedent(f"""
-            import time
-            from icp_core.workspace import Workspace
-            ws = Workspace({str(tiny_workspace)!r})
-            print("holding", flush=True)
-            time.sleep(4)
-            ws.close()
-        """),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert holder.stdout.readline().strip() == "holding"
+        holder = hold_workspace(tiny_workspace, 4)
         busy = icp("metrics", "-w", tiny_workspace)
-        one_line_error(busy, "workspace is busy, another process holds its write lock", code=3)
+        one_line(busy, ExitCode.BUSY, "workspace is busy, another process holds its write lock")
         started = time.monotonic()
         waited = icp("metrics", "-w", tiny_workspace, "--json", "--wait", "30")
         assert waited.returncode == 0, waited.stderr
@@ -168,7 +135,7 @@ class TestWorkspaceFiles:
         other = tmp_path / "other.duckdb"
         with duckdb.connect(str(other)) as con:
             con.execute("CREATE TABLE invoices (n INTEGER)")
-        one_line_error(icp("ingest", tiny_jsonl, "-w", other), "not an icp workspace")
+        one_line(icp("ingest", tiny_jsonl, "-w", other), ExitCode.USAGE, "not an icp workspace")
 
 
 class TestExportFailures:
@@ -177,7 +144,7 @@ class TestExportFailures:
         out = tmp_path / "out"
         script = textwrap.dedent(f"""
             import resource, signal, sys
-            from icp_core.errors import IcpError
+            from icp_core.errors import ExitCode, IcpError
             from icp_core.export import export_contexts
             from icp_core.params import Params
             from icp_core.workspace import Workspace

@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -19,7 +18,15 @@ import pytest
 from icp_core.errors import ExitCode
 from icp_core.export import is_icp_export, staged_folder
 from icp_core.workspace import Workspace
-from tests.reliability.cli_runner import Result, corrupt_block_of, icp, icp_here, no_bug, one_line
+from tests.reliability.cli_runner import (
+    Result,
+    corrupt_block_of,
+    hold_workspace,
+    icp,
+    icp_here,
+    no_bug,
+    one_line,
+)
 
 USAGE, BUSY, DAMAGED, NO_SPACE = ExitCode.USAGE, ExitCode.BUSY, ExitCode.DAMAGED, ExitCode.NO_SPACE
 
@@ -137,23 +144,7 @@ class TestDamage:
 
 
 def test_two_commands_at_once(tiny_workspace):
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(f"""
-                import time
-                from icp_core.workspace import Workspace
-                ws = Workspace({str(tiny_workspace)!r})
-                print("holding", flush=True)
-                time.sleep(3)
-                ws.close()
-            """),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert holder.stdout.readline().strip() == "holding"
+    holder = hold_workspace(tiny_workspace, 3)
     one_line(icp("knn", "-w", tiny_workspace, "--k", 5), BUSY, "workspace is busy")
     holder.wait(timeout=30)
     waited = icp("knn", "-w", tiny_workspace, "--k", 5, "--wait", 30)
@@ -385,12 +376,12 @@ class TestOptions:
 
 
 def test_an_internal_error_is_a_bug_line_and_70(tiny_workspace, monkeypatch):
-    from icp_core import stages
+    from icp_core import check
 
     def broken(ws):
         raise ZeroDivisionError("boom")
 
-    monkeypatch.setattr(stages, "check_invariants", broken)
+    monkeypatch.setattr(check, "check_invariants", broken)
     result: Result = icp_here("check", "-w", tiny_workspace)
     assert result.returncode == ExitCode.INTERNAL
     assert result.stderr.startswith("internal error: ZeroDivisionError: boom (a bug;")
@@ -401,11 +392,11 @@ def test_a_full_disk_while_writing_another_file_names_that_file(tiny_workspace, 
     names that file."""
     import errno
 
-    from icp_core import stages
+    from icp_core import check
 
     def full(ws):
         raise OSError(errno.ENOSPC, "No space left on device", "/tmp/some-cache")
 
-    monkeypatch.setattr(stages, "check_invariants", full)
+    monkeypatch.setattr(check, "check_invariants", full)
     result = icp_here("check", "-w", tiny_workspace)
     one_line(result, NO_SPACE, "/tmp/some-cache: no space to write (No space left on device)")

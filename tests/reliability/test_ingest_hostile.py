@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from icp_core import pipeline, stages
+from icp_core import check, jobs, pipeline
 from icp_core.errors import IcpError
 from icp_core.ingest import csv_records, ends_inside_quotes, parse_source
 from icp_core.params import Params
@@ -355,7 +355,7 @@ class TestEditsAndRetries:
         ingest(tmp_path / "w.duckdb", path, text_field="body")
         assert ingest(tmp_path / "w.duckdb", path)["rejected"] == 2
         with Workspace(tmp_path / "w.duckdb") as ws:
-            assert stages.check_invariants(ws)[0] == (
+            assert check.check_invariants(ws)[0] == (
                 f"2 input rows are both a document and a reject (first: {path}:1); "
                 "ingest that file again with the --text-field/--id-field it was ingested with"
             )
@@ -373,7 +373,7 @@ class TestEditsAndRetries:
 
     def test_the_app_job_gets_the_same_message(self, tmp_path):
         path = write_jsonl(tmp_path / "x.jsonl", [{"text": " "}, {"body": "b"}])
-        status = pipeline.run_job(
+        status = jobs.run_job(
             {
                 "workspace": str(tmp_path / "w.duckdb"),
                 "inputs": [str(path)],

@@ -1,8 +1,8 @@
-"""pipeline.run_job (what the app's worker runs) and skip-if-unchanged for every stage."""
+"""jobs.run_job: what the app's worker runs, and the status file it keeps."""
 
 import json
 
-from icp_core import pipeline
+from icp_core import jobs
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 from tests.app.workspaces import synthetic_workspace
@@ -11,7 +11,7 @@ from tests.app.workspaces import synthetic_workspace
 def test_a_job_records_each_stage_and_reuses_unchanged_ones(tmp_path):
     path = synthetic_workspace(tmp_path)
     status_file = tmp_path / "job.json"
-    status = pipeline.run_job(
+    status = jobs.run_job(
         {
             "workspace": str(path),
             "params": dict(Params.from_dict(_settings(path)).to_dict(), k=3),
@@ -33,20 +33,10 @@ def test_a_job_records_each_stage_and_reuses_unchanged_ones(tmp_path):
     }
 
 
-def test_rerunning_with_the_same_parameters_skips_every_stage(tmp_path):
-    """pack stores its separator ids next to its key; that must not make it re-run."""
-    path = synthetic_workspace(tmp_path)
-    with Workspace(path) as ws:
-        outcomes = pipeline.run(ws, Params.from_dict(ws.load_settings()))
-    assert {o.stage: o.status for o in outcomes} == dict.fromkeys(
-        ("embed", "knn", "dedup", "order", "pack", "metrics"), "skipped"
-    )
-
-
 def test_a_failing_job_reports_one_line_and_keeps_the_workspace(tmp_path):
     path = synthetic_workspace(tmp_path)
     settings = _settings(path)
-    status = pipeline.run_job(
+    status = jobs.run_job(
         {
             "workspace": str(path),
             "params": dict(settings, tokenizer=str(tmp_path / "missing.json")),
@@ -60,7 +50,7 @@ def test_a_failing_job_reports_one_line_and_keeps_the_workspace(tmp_path):
 
 
 def test_invalid_parameters_fail_the_job_before_touching_the_workspace(tmp_path):
-    status = pipeline.run_job(
+    status = jobs.run_job(
         {
             "workspace": str(tmp_path / "new.duckdb"),
             "params": {"k": 0},

@@ -1,0 +1,152 @@
+"""The app's job worker: runs the pipeline in its own process and reports to a status file.
+
+A page cannot hold the workspace while a run writes it (one DuckDB writer per file), so the app
+starts `icp job -` (a worker that has run `warm_up` ahead of time), sends it a job spec, and
+polls the JSON status file `run_job` keeps up to date.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from icp_core import pipeline, stages
+from icp_core.errors import IcpError
+from icp_core.params import Params
+from icp_core.stages import Report
+from icp_core.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+# Seconds between status-file writes while a stage reports progress (stage changes always write).
+_STATUS_INTERVAL_S = 0.2
+
+
+def write_status(path: str | Path, status: dict[str, Any]) -> None:
+    """Replace the JSON status file atomically, so a reader never sees half a file."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial.write_text(json.dumps(status, default=str))
+    os.replace(partial, path)
+
+
+def read_status(path: str | Path) -> dict[str, Any] | None:
+    """The status a job wrote, or None when there is none (or it cannot be read)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class _JobReporter:
+    """Progress factory for `run` that records the current stage and its done/total."""
+
+    def __init__(self, path: Path, status: dict[str, Any]):
+        self.path = path
+        self.status = status
+        self.written = 0.0
+
+    def write(self, force: bool = False) -> None:
+        now = time.time()
+        if force or now - self.written >= _STATUS_INTERVAL_S:
+            self.status["updated_at"] = now
+            write_status(self.path, self.status)
+            self.written = now
+
+    def __call__(self, stage: str) -> Report:
+        self.status.update(stage=stage, done=0, total=0)
+        self.status.pop("note", None)
+        self.write(force=True)
+
+        def report(done: int, total: int) -> None:
+            self.status.update(done=int(done), total=int(total))
+            self.write(force=done >= total)
+
+        def note(text: str) -> None:  # a phase or an ETA (see embed.note)
+            self.status["note"] = text
+            self.write()
+
+        report.note = note  # type: ignore[attr-defined]
+        return report
+
+
+def run_job(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run one job for the app and report it in `spec["status_file"]`; returns the last status.
+
+    Args:
+        spec: {"workspace": path, "params": Params dict, "until": last stage,
+            "inputs": files to ingest first (optional), "seed_cache": an embedding-cache
+            Parquet whose rows to add first (optional; the bundled sample's), "wait_s":
+            seconds to wait for the workspace's write lock (default 60), "status_file": path}.
+
+    The status file holds {"state": "running" | "done" | "failed", "stage", "done", "total",
+    "stages": [{"stage", "status", "seconds"}], "error", "pid", "started_at", "updated_at"}.
+    Errors end up in it as one line (never raised), so the app can show them.
+    """
+    status: dict[str, Any] = {
+        "state": "running",
+        "pid": os.getpid(),
+        "workspace": spec["workspace"],
+        "description": spec.get("description", ""),
+        "stage": "open",
+        "done": 0,
+        "total": 0,
+        "stages": [],
+        "error": None,
+        "started_at": time.time(),
+    }
+    reporter = _JobReporter(Path(spec["status_file"]), status)
+    reporter.write(force=True)
+    try:
+        params = Params.from_dict(spec.get("params") or {}).validate()
+        with Workspace(spec["workspace"], wait_s=float(spec.get("wait_s", 60.0))) as ws:
+            outcomes = []
+            if spec.get("inputs"):
+                outcomes.append(pipeline.ingest(ws, list(spec["inputs"]), params, reporter))
+            if spec.get("seed_cache"):
+                stages.seed_embedding_cache(ws, Path(spec["seed_cache"]))
+            until = spec.get("until", "metrics")
+            outcomes += pipeline.run(ws, params, until=until, progress=reporter)
+        status["stages"] = [
+            {"stage": o.stage, "status": o.status, "seconds": round(o.seconds, 3)} for o in outcomes
+        ]
+        status["state"] = "done"
+    except IcpError as err:
+        status.update(state="failed", error=str(err))
+    except Exception as err:  # a bug: report it as one line rather than die silently
+        log.exception("job failed")
+        status.update(state="failed", error=f"internal error: {type(err).__name__}: {err}")
+    reporter.write(force=True)
+    return status
+
+
+def warm_up() -> None:
+    """Load the imports and compiled kernels a run needs, on a 4-document graph, so that a
+    worker started ahead of time answers a job without that start-up cost (~1 s here)."""
+    import tempfile
+
+    import numpy as np
+
+    from icp_core import dedup, metrics, pack, traverse
+
+    # a scratch workspace loads DuckDB's JSON extension and the pandas conversion stages use
+    with tempfile.TemporaryDirectory() as folder, Workspace(Path(folder) / "warm.duckdb") as ws:
+        ws.arrow("""SELECT json_extract_string('{"label": "x"}', '$.label') AS v""").to_pandas()
+    stages.separator_for(Params())  # loads (and caches) the default tokenizer
+
+    ids = np.array([[1, 2], [0, 2], [0, 1], [2, -1]], dtype=np.int64)
+    sims = np.array([[0.9, 0.5], [0.9, 0.4], [0.5, 0.4], [0.3, 0.0]], dtype=np.float32)
+    for method in traverse.METHODS:
+        traverse.traverse(ids, sims, method)
+    dedup.find_duplicates(ids, sims, 0.95)
+    dedup.find_near_copies(["alpha beta", "alpha beta", "gamma", "delta"], np.arange(4))
+    doc_tokens = np.array([3, 2, 4, 1], dtype=np.int64)
+    packing = pack.pack_contexts(np.arange(4), doc_tokens, 6)
+    vectors = np.eye(4, dtype=np.float32)
+    words = metrics.word_ids(["a b", "b c", "c d", "d e"])
+    labels = np.array(["x", "x", "y", "y"], dtype=object)
+    metrics.packing_terms(packing, vectors, doc_tokens, 6, ids, labels, words)
