@@ -211,6 +211,10 @@ def test_map_draws_a_path_and_lists_lassoed_documents(page):
 def test_export_writes_a_folder_and_shows_its_manifest(page, tmp_path):
     open_page(page, "Export")
     page.get_by_text("parquet", exact=True).click()
+    # each format has its own folder box (widget key): until the click's rerun has drawn the
+    # parquet one, typing lands in the jsonl box the rerun then throws away. settle() alone
+    # cannot tell: the script still reads "notRunning" until the server starts the rerun
+    page.get_by_text(re.compile(r"^Writes the folder \S+-parquet\b")).wait_for(timeout=60_000)
     settle(page, "Export")
     out = tmp_path / "export"
     folder = page.get_by_label("Output folder")
