@@ -384,7 +384,8 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     wait: WaitOpt = 0.0,
 ) -> None:
-    """Compare ordering methods and packing policies on this workspace in one table."""
+    """Compare ordering methods and packing policies on this workspace in one table (also
+    stored in the workspace, where the app's Compare page shows it)."""
     from icp_core import evaluate
     from icp_core.pack import PACK_MODES
     from icp_core.params import choose
@@ -411,6 +412,8 @@ def eval_command(
         _run_until(ws, params, "dedup", False)
         corpus = evaluate.load_corpus(ws, params, progress("tokens"))
     result = evaluate.evaluate(corpus, orders, packs, report=progress("eval"))
+    with _open(workspace, wait) as ws:  # the app's Compare page shows the stored result
+        evaluate.store(ws, corpus, result)
     typer.echo(json.dumps(result) if as_json else evaluate.format_table(result))
 
 

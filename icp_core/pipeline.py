@@ -281,7 +281,9 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         spec: {"workspace": path, "params": Params dict, "until": last stage,
             "inputs": files to ingest first (optional), "seed_sample_cache": add the bundled
             sample's embedding cache first (optional), "wait_s": seconds to wait for the
-            workspace's write lock (default 60), "status_file": path}.
+            workspace's write lock (default 60), "evaluate": instead of running stages,
+            evaluate every ordering method × pack policy at "params" on the stored kept
+            documents and store the result (`evaluate.store`), "status_file": path}.
 
     The status file holds {"state": "running" | "done" | "failed", "stage", "done", "total",
     "stages": [{"stage", "status", "seconds"}], "error", "pid", "started_at", "updated_at"}.
@@ -303,15 +305,19 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     reporter.write(force=True)
     try:
         params = Params.from_dict(spec.get("params") or {}).validate()
-        with Workspace(spec["workspace"], wait_s=float(spec.get("wait_s", 60.0))) as ws:
-            outcomes = []
-            if spec.get("inputs"):
-                outcomes.append(ingest(ws, list(spec["inputs"]), params, reporter))
-            if spec.get("seed_sample_cache"):
-                from icp_core import sample
+        wait_s = float(spec.get("wait_s", 60.0))
+        outcomes = []
+        if spec.get("evaluate"):
+            _evaluate(Path(spec["workspace"]), params, wait_s, reporter)
+        else:
+            with Workspace(spec["workspace"], wait_s=wait_s) as ws:
+                if spec.get("inputs"):
+                    outcomes.append(ingest(ws, list(spec["inputs"]), params, reporter))
+                if spec.get("seed_sample_cache"):
+                    from icp_core import sample
 
-                sample.seed_embedding_cache(ws)
-            outcomes += run(ws, params, until=spec.get("until", "metrics"), progress=reporter)
+                    sample.seed_embedding_cache(ws)
+                outcomes += run(ws, params, until=spec.get("until", "metrics"), progress=reporter)
         status["stages"] = [
             {"stage": o.stage, "status": o.status, "seconds": round(o.seconds, 3)} for o in outcomes
         ]
@@ -323,6 +329,19 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         status.update(state="failed", error=f"internal error: {type(err).__name__}: {err}")
     reporter.write(force=True)
     return status
+
+
+def _evaluate(path: Path, params: Params, wait_s: float, progress: ProgressFactory) -> None:
+    """`icp eval` for the app: every method × policy at `params` on the stored kept documents,
+    stored in the workspace. The settings and stages stay as they are (the compared setting
+    is not applied), and the workspace is free for readers while the combinations run."""
+    from icp_core import evaluate
+
+    with Workspace(path, wait_s=wait_s) as ws:
+        corpus = evaluate.load_corpus(ws, params, progress("tokens"))
+    result = evaluate.evaluate(corpus, report=progress("eval"))
+    with Workspace(path, wait_s=wait_s) as ws:
+        evaluate.store(ws, corpus, result)
 
 
 def warm_up() -> None:

@@ -6,8 +6,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.main import APP_DIR, PAGES
-from icp_core import stages
+from icp_core import evaluate, stages
+from icp_core.pack import PACK_MODES
 from icp_core.params import DEFAULT_ORDER, Params
+from icp_core.traverse import METHODS
 from icp_core.workspace import Workspace
 from tests.app.workspaces import HOSTILE_TEXT, copy_workspace, synthetic_workspace
 
@@ -191,6 +193,34 @@ def test_compare_puts_another_method_next_to_the_applied_one(sample_workspace):
     assert not at.exception, at.exception
     assert "random · k = 10" in at.dataframe[0].value.columns[2]
     assert len(at.dataframe) == 3  # metrics, and the chosen document's context on each side
+
+
+def eval_table(at: AppTest):
+    return next(f.value for f in at.dataframe if "setting" in f.value.columns)
+
+
+def test_compare_shows_what_icp_eval_stored_and_evaluates_the_compared_setting(sample_copy):
+    with Workspace(sample_copy) as ws:  # what `icp eval --order ... --pack split` stores
+        corpus = evaluate.load_corpus(ws, Params.from_dict(ws.load_settings()))
+        evaluate.store(ws, corpus, evaluate.evaluate(corpus, [DEFAULT_ORDER, "icp"], ["split"]))
+    at = open_app(sample_copy, "pages/compare.py")
+    table = eval_table(at)
+    assert list(table.columns[:4]) == ["setting", "order", "pack", "shown above"]
+    assert list(table["order"]) == ["icp", DEFAULT_ORDER]
+    assert list(table["shown above"]) == ["", "applied (left)"]
+    at.selectbox(key="compare_order").select("icp").run()
+    assert list(eval_table(at)["shown above"]) == ["compared (right)", "applied (left)"]
+
+    at.number_input(key="compare_k").set_value(5).run()
+    assert any("Not evaluated yet at k = 5" in i.value for i in at.info)
+    next(b for b in at.button if b.label == "Evaluate compared setting").click()
+    at.run()  # starts the job, follows its progress, then shows what it stored
+    assert not at.exception, at.exception
+    table = eval_table(at)
+    compared = table[table["setting"].str.startswith("compared · k = 5")]
+    assert len(compared) == len(METHODS) * len(PACK_MODES)
+    assert list(compared.loc[compared["shown above"] != "", "order"]) == ["icp"]
+    assert not [i.value for i in at.info if "Not evaluated" in i.value]
 
 
 def test_two_hops_show_the_strongest_neighbours_and_more_on_request(sample_workspace):
