@@ -10,7 +10,7 @@ from typing import Any
 
 import streamlit as st
 
-from app import data, jobs
+from app import data, jobs, words
 from icp_core import pipeline
 
 # what the progress bar says while a stage runs
@@ -130,7 +130,7 @@ def report_last_job(path: Path) -> None:
         seen = st.session_state.setdefault("seen_failures", set())
         if status.get("started_at") not in seen:
             seen.add(status.get("started_at"))
-            st.error(f"{status.get('description') or 'Job'} failed: {status.get('error')}")
+            st.error(f"{status.get('description') or 'Job'} failed: {words.job_error(status)}")
     elif status.get("state") == "done" and status.get("stages"):
         ran = [s["stage"] for s in status["stages"] if s["status"] == "ran"]
         reused = [s["stage"] for s in status["stages"] if s["status"] == "skipped"]

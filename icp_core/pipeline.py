@@ -20,6 +20,7 @@ from typing import Any
 
 from icp_core import stages
 from icp_core.errors import IcpError
+from icp_core.ingest import reject_fix
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 
@@ -175,7 +176,7 @@ def run(
         raise IcpError(f"unknown stage '{until}'")
     params = params.validate()
     if ws.stage_state("ingest") is None or ws.n_documents() == 0:
-        raise IcpError(stages.no_documents_message(ws))
+        raise _no_documents(ws)
     with ws.transaction():
         ws.save_settings(params.to_dict())
     outcomes = []
@@ -184,6 +185,15 @@ def run(
         if stage.name == until:
             break
     return outcomes
+
+
+def _no_documents(ws: Workspace) -> IcpError:
+    """Why there is nothing to run on, with the option that fixes the most common reject an
+    option can fix."""
+    message = stages.no_documents_message(ws)
+    reasons = ws.column("SELECT reason FROM rejects GROUP BY reason ORDER BY count(*) DESC, reason")
+    fix = next(filter(None, map(reject_fix, reasons.tolist())), None)
+    return IcpError(message) if fix is None else IcpError(f"{message}; {fix[0]}", fix=fix[1])
 
 
 def _run_stage(
@@ -323,7 +333,10 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         ]
         status["state"] = "done"
     except IcpError as err:
-        status.update(state="failed", error=str(err))
+        # the message as the command line words it, and its parts for the app's words
+        status.update(
+            state="failed", error=str(err), problem={"message": err.message, "fix": err.fix}
+        )
     except Exception as err:  # a bug: report it as one line rather than die silently
         log.exception("job failed")
         status.update(state="failed", error=f"internal error: {type(err).__name__}: {err}")
