@@ -126,7 +126,9 @@ def show_upload_failure() -> None:
     rejects = failure["rejects"]
     if rejects is not None and len(rejects):
         st.caption(f"Rejected rows of the upload ({plural(len(rejects), 'row')} shown)")
-        st.dataframe(rejects, hide_index=True, width="stretch", height=200)
+        # as tall as its rows, up to about five (no empty rows below a short list)
+        height = min(38 + 35 * len(rejects), 213)
+        st.dataframe(rejects, hide_index=True, width="stretch", height=height)
     if st.button("Dismiss", key="dismiss_upload_failure"):
         del st.session_state["upload_failure"]
         st.rerun()

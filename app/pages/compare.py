@@ -141,33 +141,29 @@ st.caption(
     "pack policy, measured like the metrics above, with the share of the upper bounds on "
     "adjacent similarity each reaches. Kept in the workspace until the data changes."
 )
-evaluated = {f"applied · k = {p.k} · L = {p.context_length:,}": p}
+evaluated = {"applied": p}
 if (other.k, other.context_length) != (p.k, p.context_length):
-    evaluated[f"compared · k = {other.k} · L = {other.context_length:,}"] = other
+    evaluated["compared"] = other
 
 
 def _shown_above(params: Params, order: str, policy: str) -> str:
     """Which side of the comparison above a row of `params`' evaluation is ("" for neither)."""
-
-    def same(a: Params, method: str, pack_policy: str) -> bool:
-        return (a.k, a.context_length, method, pack_policy) == (
-            params.k, params.context_length, order, policy,
-        )  # fmt: skip
-
-    if same(p, p.order, p.pack):
-        return "applied (left)"
-    if not is_random and same(other, other.order, other.pack):
-        return "compared (right)"
+    row = (params.k, params.context_length, order, policy)
+    if row == (p.k, p.context_length, p.order, p.pack):
+        return "applied"
+    if not is_random and row == (other.k, other.context_length, other.order, other.pack):
+        return "compared"
     return ""
 
 
 headers = {key: header for key, header, _ in evaluate.COLUMNS}
 frames, bounds = [], []
-for label, params in evaluated.items():
+for side, params in evaluated.items():
+    where = f"k = {params.k} · L = {params.context_length:,}"
     result = data.stored_evaluation(ws, params)
     if result is None:
-        st.info(f"Not evaluated yet at {label.split(' · ', 1)[1]}.")
-        if st.button(f"Evaluate {label.split(' · ', 1)[0]} setting", key=f"evaluate_{label}"):
+        st.info(f"Not evaluated yet at {where} (the {side} setting).")
+        if st.button(f"Evaluate {side} setting", key=f"evaluate_{side}"):
             progress.start_job(
                 jobs.evaluation_spec(ws.path, params),
                 progress.evaluation_plan(data.stage_seconds(ws)),
@@ -175,23 +171,29 @@ for label, params in evaluated.items():
             st.rerun()
         continue
     rows = pd.DataFrame(result["rows"])
-    rows.insert(0, "setting", label)
-    rows.insert(3, "shown above", [
+    rows["setting"] = f"{side} · {where}"
+    rows["shown above"] = [
         _shown_above(params, o, k) for o, k in zip(rows["order"], rows["pack"], strict=True)
-    ])  # fmt: skip
+    ]
     frames.append(rows[["setting", "order", "pack", "shown above", *list(headers)[2:]]])
     top1, matching = result["bounds"].get("top1_bound"), result["bounds"].get("two_matching_bound")
     bounds.append(
-        f"{label}: top-1 {'–' if top1 is None else f'{top1:.3f}'}, 2-matching "
+        f"{side} · {where}: top-1 {'–' if top1 is None else f'{top1:.3f}'}, 2-matching "
         f"{'–' if matching is None else f'{matching:.3f}'}"
     )
 if frames:
     table = pd.concat(frames, ignore_index=True).rename(columns=headers)
     formats = {header: fmt for key, header, fmt in evaluate.COLUMNS[2:]}
+    if len(frames) == 1:  # one setting: its name is in the caption, not on every row
+        table = table.drop(columns="setting")
+    identifying = [c for c in ("setting", "order", "pack", "shown above") if c in table.columns]
     st.dataframe(
         table.style.format(formats, na_rep="–"),
         hide_index=True,
         width="stretch",
-        column_config={c: st.column_config.Column(pinned=True) for c in table.columns[:4]},
+        column_config={c: st.column_config.Column(pinned=True) for c in identifying},
     )
-    st.caption("Upper bounds on adjacent similarity: " + "; ".join(bounds) + ".")
+    st.caption(
+        "“shown above”: the applied and the compared setting's rows. Upper bounds on adjacent "
+        "similarity: " + "; ".join(bounds) + "."
+    )

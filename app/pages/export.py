@@ -108,8 +108,13 @@ manifest = st.session_state.get("export_manifest")
 if manifest:
     st.subheader("Manifest")
     files, counts = st.columns(2)
+    entries = manifest["files"].values()  # {name: {"bytes", "sha256"}}
     files.dataframe(
-        {"file": list(manifest["files"]), "bytes": list(manifest["files"].values())},
+        {
+            "file": list(manifest["files"]),
+            "bytes": [entry["bytes"] for entry in entries],
+            "sha256": [entry["sha256"] for entry in entries],
+        },
         hide_index=True,
         width="stretch",
     )

@@ -196,7 +196,7 @@ def test_compare_puts_another_method_next_to_the_applied_one(sample_workspace):
 
 
 def eval_table(at: AppTest):
-    return next(f.value for f in at.dataframe if "setting" in f.value.columns)
+    return next(f.value for f in at.dataframe if "shown above" in f.value.columns)
 
 
 def test_compare_shows_what_icp_eval_stored_and_evaluates_the_compared_setting(sample_copy):
@@ -205,11 +205,13 @@ def test_compare_shows_what_icp_eval_stored_and_evaluates_the_compared_setting(s
         evaluate.store(ws, corpus, evaluate.evaluate(corpus, [DEFAULT_ORDER, "icp"], ["split"]))
     at = open_app(sample_copy, "pages/compare.py")
     table = eval_table(at)
-    assert list(table.columns[:4]) == ["setting", "order", "pack", "shown above"]
+    # one setting evaluated: identifying columns first, the setting named in the caption
+    assert list(table.columns[:3]) == ["order", "pack", "shown above"]
     assert list(table["order"]) == ["icp", DEFAULT_ORDER]
-    assert list(table["shown above"]) == ["", "applied (left)"]
+    assert list(table["shown above"]) == ["", "applied"]
+    assert any("applied · k = 10 · L = 8,192: top-1" in c.value for c in at.caption)
     at.selectbox(key="compare_order").select("icp").run()
-    assert list(eval_table(at)["shown above"]) == ["compared (right)", "applied (left)"]
+    assert list(eval_table(at)["shown above"]) == ["compared", "applied"]
 
     at.number_input(key="compare_k").set_value(5).run()
     assert any("Not evaluated yet at k = 5" in i.value for i in at.info)
@@ -234,3 +236,17 @@ def test_two_hops_show_the_strongest_neighbours_and_more_on_request(sample_works
     next(b for b in at.button if b.label == "Show more").click().run()
     shown = next(c.value for c in at.caption if c.value.startswith("Second hop"))
     assert "6 strongest" in shown and int(shown.split("(")[1].split()[0]) > few
+
+
+def test_export_writes_the_folder_and_lists_each_file_with_its_size_and_checksum(
+    sample_workspace, tmp_path
+):
+    at = open_app(sample_workspace, "pages/export.py")
+    at.text_input(key="export_out_jsonl").set_value(str(tmp_path / "out")).run()
+    next(b for b in at.button if b.label == "Write").click().run()
+    assert not at.exception, at.exception
+    files = at.dataframe[0].value
+    assert list(files.columns) == ["file", "bytes", "sha256"]
+    assert "manifest.json" not in set(files["file"])  # the manifest lists the others
+    for name, size in zip(files["file"], files["bytes"], strict=True):
+        assert (tmp_path / "out" / name).stat().st_size == size
