@@ -269,16 +269,15 @@ def comparable(ws: WorkspaceView, other: Params) -> str | None:
     return _read_view("comparable", str(ws.path), ws.key("knn", "pack"), ws.params, other)
 
 
-@st.cache_data(max_entries=4, show_spinner="Ordering, packing and measuring every combination…")
-def _evaluation(path: str, key: str, params: Params) -> dict[str, Any]:
+@st.cache_data(max_entries=8, show_spinner=False)
+def _stored_evaluation(path: str, file_key: tuple, params: Params) -> dict[str, Any] | None:
     from icp_core import evaluate
 
     with _reader(path) as ws:
-        corpus = evaluate.load_corpus(ws, params)
-    return evaluate.evaluate(corpus)
+        return evaluate.stored(ws, params)
 
 
-def evaluation(ws: WorkspaceView) -> dict[str, Any]:
-    """What `icp eval` computes on this workspace: every ordering method × pack policy at the
-    applied k and context length, with the upper bounds on adjacent similarity."""
-    return _evaluation(str(ws.path), ws.key("dedup", "pack"), ws.params)
+def stored_evaluation(ws: WorkspaceView, params: Params) -> dict[str, Any] | None:
+    """What `icp eval` (or the Compare page's job) stored for `params` on the current data:
+    every ordering method × pack policy with the upper bounds; None when not computed yet."""
+    return _stored_evaluation(str(ws.path), _file_key(ws.path), params)

@@ -68,6 +68,18 @@ def upload_spec(upload: Path, workspace: Path, text_field: str, id_field: str) -
     }
 
 
+def evaluation_spec(workspace: str | Path, params: Params) -> dict[str, Any]:
+    """The job that computes and stores what `icp eval` computes at `params` (every ordering
+    method × pack policy) without applying them."""
+    return {
+        "workspace": str(workspace),
+        "params": params.to_dict(),
+        "evaluate": True,
+        "description": f"Evaluating every method × pack policy at k = {params.k}, "
+        f"L = {params.context_length:,}",
+    }
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -10,7 +10,7 @@ from typing import Any
 
 import streamlit as st
 
-from app import data, jobs
+from app import data, jobs, words
 from icp_core import pipeline
 
 # what the progress bar says while a stage runs
@@ -25,9 +25,11 @@ STAGE_WORDS = {
     "pack": "counting tokens and packing contexts",
     "metrics": "measuring",
     "layout": "computing the map (UMAP)",
+    "tokens": "counting tokens",
+    "eval": "ordering, packing and measuring every combination",
 }
-# the bar's steps: the worker's own start, then the pipeline's stages
-STEPS = ("starting", "open", *pipeline.STAGE_NAMES)
+# the bar's steps: the worker's own start, then the pipeline's stages (or an evaluation's)
+STEPS = ("starting", "open", *pipeline.STAGE_NAMES, "tokens", "eval")
 # seconds a worker takes to load its libraries and compiled kernels (a warm spare: ~0)
 WORKER_START_S = 3.0
 # after the first page has drawn (about 10 s on 2 busy cores): its imports would slow it
@@ -46,6 +48,21 @@ def start_job(spec: dict[str, Any], plan: dict[str, float] | None = None) -> Non
         job_runner().start(dict(spec, plan={"starting": WORKER_START_S, **(plan or {})}))
     except RuntimeError as err:
         st.warning(str(err))
+
+
+def evaluation_plan(stage_seconds: dict[str, float]) -> dict[str, float]:
+    """{step: expected seconds} of an evaluation job (`jobs.evaluation_spec`), from the
+    seconds the stages last took here: each method orders once, then packs and is measured
+    under each policy."""
+    from icp_core.pack import PACK_MODES
+    from icp_core.traverse import METHODS
+
+    combinations = len(METHODS) * len(PACK_MODES)
+    per_combination = stage_seconds.get("pack", 1.0) + stage_seconds.get("metrics", 1.0)
+    return {
+        "tokens": 1.0,
+        "eval": len(METHODS) * stage_seconds.get("order", 1.0) + combinations * per_combination,
+    }
 
 
 def progress_line(
@@ -113,7 +130,7 @@ def report_last_job(path: Path) -> None:
         seen = st.session_state.setdefault("seen_failures", set())
         if status.get("started_at") not in seen:
             seen.add(status.get("started_at"))
-            st.error(f"{status.get('description') or 'Job'} failed: {status.get('error')}")
+            st.error(f"{status.get('description') or 'Job'} failed: {words.job_error(status)}")
     elif status.get("state") == "done" and status.get("stages"):
         ran = [s["stage"] for s in status["stages"] if s["status"] == "ran"]
         reused = [s["stage"] for s in status["stages"] if s["status"] == "skipped"]

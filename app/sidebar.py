@@ -3,12 +3,12 @@ with what an edit would re-run, and for about how long, before Apply."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import streamlit as st
 
 from app import data, jobs, progress
+from app.words import LABELS, app_words
 from icp_core import explore, pack, tokenizer
 from icp_core.errors import IcpError
 from icp_core.params import Params
@@ -16,32 +16,6 @@ from icp_core.traverse import METHODS
 
 UPLOAD_LIMIT_MB = 50
 PARAM_KEYS = ("k", "order", "dedup", "dedup_threshold", "context_length", "pack", "tokenizer")
-# the controls that stand for the command line's options in messages the engine writes
-CONTROLS = {
-    "--overwrite": "tick “Replace the folder if it exists” below the Output folder",
-    "--tokenizer": "set the Tokenizer box in the sidebar's Parameters",
-    "--text-field": "set “Text field” in the sidebar's Data panel and upload again",
-    "--id-field": "set “Id field” in the sidebar's Data panel and upload again",
-    "--separator": "choose another Tokenizer in the sidebar",
-    "--model": "embed the corpus with the command line (`icp run`) and open the workspace",
-    "--vectors": "embed the corpus with the command line (`icp run`) and open the workspace",
-    "--update": "make a new workspace from the changed file (Data panel)",
-}
-
-
-def in_app_words(message: str) -> str:
-    """An engine message with its command-line advice ("pass --overwrite …") replaced by the
-    app control that does the same."""
-
-    def control(match: re.Match) -> str:
-        return CONTROLS.get(match.group(1), match.group(0))
-
-    advice = r"(?:pass|set|use) (--[a-z-]+)"
-    message = re.sub(rf"\({advice}[^)]*\)", lambda m: f"({control(m)})", message)
-    message = re.sub(rf"{advice}[^;]*?(?=;|\.\s|\.$|$)", control, message)
-    # an upload's stored copy is named <hash>-<name>: the user knows it by its name
-    message = re.sub(r"\S*/uploads/[0-9a-f]{12}-([^\s/]+)", r"\1", message)
-    return message.replace("see the rejects table", "the rejected rows are listed below")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -53,7 +27,7 @@ def data_panel(path: Path) -> None:
     with st.sidebar.expander("Data", expanded=False, icon=":material/database:"):
         st.caption("Open another workspace, or make one from a file.")
         with st.form("open_workspace", border=False):
-            typed = st.text_input("Workspace file (.duckdb)", key="open_path")
+            typed = st.text_input(LABELS["workspace"], key="open_path")
             if st.form_submit_button("Open workspace"):
                 candidate = Path(typed).expanduser()
                 if candidate.is_file():
@@ -67,8 +41,8 @@ def data_panel(path: Path) -> None:
             help=f"Up to {UPLOAD_LIMIT_MB} MB; embedding runs at about 20 documents/s on a "
             "laptop CPU. The workspace you have open stays open until the new one is ready.",
         )
-        text_field = st.text_input("Text field", value="text", key="upload_text_field")
-        id_field = st.text_input("Id field", value="id", key="upload_id_field")
+        text_field = st.text_input(LABELS["text_field"], value="text", key="upload_text_field")
+        id_field = st.text_input(LABELS["id_field"], value="id", key="upload_id_field")
         if uploaded is not None and st.button("Create workspace", type="primary"):
             _create_from_upload(uploaded, text_field, id_field)
         if path != data.sample_path() and st.button("Back to the bundled sample"):
@@ -186,17 +160,19 @@ def parameters_panel(ws: data.WorkspaceView) -> None:
         "Undo", width="stretch", disabled=not changed, help="Back to the applied values",
         on_click=_reset_widgets, args=(ws.params,),
     )  # fmt: skip
-    box.number_input("k (neighbours per document)", 1, 200, step=1, key="k")
-    box.selectbox("Ordering method", list(METHODS), key="order")
+    box.number_input(LABELS["k"], 1, 200, step=1, key="k")
+    box.selectbox(LABELS["order"], list(METHODS), key="order")
     box.checkbox("Remove near-duplicates", key="dedup")
     box.number_input(
-        "Dedup threshold (cosine ≥)", 0.5, 1.0, step=0.01, format="%.2f", key="dedup_threshold",
+        LABELS["dedup_threshold"], 0.5, 1.0, step=0.01, format="%.2f", key="dedup_threshold",
         disabled=not st.session_state.get("dedup"),
     )  # fmt: skip
-    box.number_input("Context length (tokens)", 32, 1_048_576, step=256, key="context_length")
-    box.selectbox("Pack policy", list(pack.PACK_MODES), key="pack")
+    box.number_input(
+        LABELS["context_length"], 32, 1_048_576, step=256, key="context_length"
+    )
+    box.selectbox(LABELS["pack"], list(pack.PACK_MODES), key="pack")
     box.text_input(
-        "Tokenizer",
+        LABELS["tokenizer"],
         key="tokenizer",
         placeholder=tokenizer.DEFAULT_TOKENIZER,
         help="Your LM's tokenizer: a built-in name ("
@@ -215,7 +191,7 @@ def _apply(ws: data.WorkspaceView, edited: Params, changed: dict, stages: dict) 
         tokenizer.resolve(edited.tokenizer)
         params = edited.validate()
     except IcpError as err:
-        st.sidebar.error(in_app_words(str(err)))
+        st.sidebar.error(app_words(err))
         return
     described = ", ".join(f"{name} = {new}" for name, (_, new) in changed.items()) or "re-run"
     progress.start_job(

@@ -7,11 +7,12 @@ What it uses lives by concern: `app/data.py` (the open workspace and cached read
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import streamlit as st
 
-from app import data, jobs, progress, sidebar
+from app import data, jobs, progress, sidebar, words
 from icp_core import sample
 from icp_core.errors import IcpError
 
@@ -37,7 +38,7 @@ def page_setup() -> data.WorkspaceView:
     try:
         ws = data.open_view(path)
     except IcpError as err:
-        st.error(sidebar.in_app_words(str(err)))
+        st.error(words.app_words(err))
         st.stop()
     sidebar.parameters_panel(ws)
     if not ws.ready():
@@ -90,21 +91,24 @@ def _follow_upload() -> None:
         st.rerun()
     st.session_state.setdefault("seen_failures", set()).add(status.get("started_at"))
     st.session_state["upload_failure"] = {
-        "error": sidebar.in_app_words(
-            str(status.get("error") or "stopped").replace(f"{target}: ", "")
-        ),
+        "error": _upload_name(words.job_error(status).replace(f"{target}: ", "")),
         "rejects": _in_app_rejects(data.rejects_at(target)) if target.exists() else None,
         "name": target.name,
     }
 
 
+def _upload_name(text: str) -> str:
+    """`text` with the app's stored copy of an upload (<folder>/uploads/<hash>-<name>) named
+    by the name the user knows it by."""
+    return re.sub(r"\S*/uploads/[0-9a-f]{12}-([^\s/]+)", r"\1", text)
+
+
 def _in_app_rejects(rejects):
-    """The rejects table with the upload's file name and the reasons in app words."""
+    """The rejects table with the upload's file name."""
     if rejects is None:
         return None
     rejects = rejects.copy()
-    rejects["source"] = rejects["source"].map(sidebar.in_app_words)
-    rejects["reason"] = rejects["reason"].map(sidebar.in_app_words)
+    rejects["source"] = rejects["source"].map(_upload_name)
     return rejects
 
 
@@ -122,7 +126,9 @@ def show_upload_failure() -> None:
     rejects = failure["rejects"]
     if rejects is not None and len(rejects):
         st.caption(f"Rejected rows of the upload ({plural(len(rejects), 'row')} shown)")
-        st.dataframe(rejects, hide_index=True, width="stretch", height=200)
+        # as tall as its rows, up to about five (no empty rows below a short list)
+        height = min(38 + 35 * len(rejects), 213)
+        st.dataframe(rejects, hide_index=True, width="stretch", height=height)
     if st.button("Dismiss", key="dismiss_upload_failure"):
         del st.session_state["upload_failure"]
         st.rerun()

@@ -21,7 +21,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from icp_core.errors import ExitCode, IcpError
+from icp_core.errors import ExitCode, IcpError, render
 
 app = typer.Typer(
     add_completion=False,
@@ -222,6 +222,7 @@ def ingest(
 ) -> None:
     """Add documents; bad rows go to the `rejects` table with file, line and reason."""
     from icp_core import pipeline
+    from icp_core.ingest import reject_fix
 
     with _open(workspace, wait) as ws:
         params = _params(ws, text_field=text_field, id_field=id_field)
@@ -230,6 +231,7 @@ def ingest(
         )
         with ws.transaction():
             ws.save_settings({"text_field": params.text_field, "id_field": params.id_field})
+        reasons = ws.column("SELECT DISTINCT reason FROM rejects").tolist()
     counts = outcome.counts
     skipped = (
         f", {counts['sources_skipped']} source(s) already ingested"
@@ -243,6 +245,8 @@ def ingest(
         f"{counts['documents']} documents, {counts['rejected']} rejected (see rejects)"
         f"{changed}{skipped}; workspace holds {counts['total_documents']} documents"
     )
+    for advice, option in sorted({f for f in map(reject_fix, reasons) if f}):
+        typer.echo(f"rejected rows: {render(advice, option)}")
 
 
 @app.command()
@@ -384,7 +388,8 @@ def eval_command(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     wait: WaitOpt = 0.0,
 ) -> None:
-    """Compare ordering methods and packing policies on this workspace in one table."""
+    """Compare ordering methods and packing policies on this workspace in one table (also
+    stored in the workspace, where the app's Compare page shows it)."""
     from icp_core import evaluate
     from icp_core.pack import PACK_MODES
     from icp_core.params import choose
@@ -411,6 +416,8 @@ def eval_command(
         _run_until(ws, params, "dedup", False)
         corpus = evaluate.load_corpus(ws, params, progress("tokens"))
     result = evaluate.evaluate(corpus, orders, packs, report=progress("eval"))
+    with _open(workspace, wait) as ws:  # the app's Compare page shows the stored result
+        evaluate.store(ws, corpus, result)
     typer.echo(json.dumps(result) if as_json else evaluate.format_table(result))
 
 

@@ -14,6 +14,7 @@ Exit codes of `icp` (README "Exit codes", docs/reliability.md):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import IntEnum
 
 
@@ -29,10 +30,38 @@ class ExitCode(IntEnum):
     TERMINATED = 143
 
 
+def option_flag(name: str) -> str:
+    """The command line's option for a `Params` field or option name: `text_field` ->
+    `--text-field`."""
+    return "--" + name.replace("_", "-")
+
+
 class IcpError(Exception):
-    """A problem with the user's input or environment, reported as one line without a traceback."""
+    """A problem with the user's input or environment, reported as one line without a traceback.
+
+    Args:
+        message: what is wrong and what to do; where it names the setting that fixes the
+            problem it says "{fix}" instead.
+        fix: that setting, as a `Params` field or option name (`text_field`, `overwrite`).
+            The command line shows it as its flag (`str(err)`: `--text-field`), the app as
+            its control's label (`render`), so the engine's words suit both.
+    """
 
     exit_code: ExitCode = ExitCode.USAGE
+
+    def __init__(self, message: str, fix: str | None = None):
+        self.message = message
+        self.fix = fix
+        super().__init__(self.render(option_flag))
+
+    def render(self, name_of: Callable[[str], str]) -> str:
+        """The message with the fix named by `name_of(fix)`."""
+        return render(self.message, self.fix, name_of)
+
+
+def render(message: str, fix: str | None, name_of: Callable[[str], str] = option_flag) -> str:
+    """`message` with "{fix}" replaced by `name_of(fix)` (by default the command line's flag)."""
+    return message if fix is None else message.replace("{fix}", name_of(fix))
 
 
 class WorkspaceBusy(IcpError):

@@ -9,10 +9,15 @@ metrics: the seconds ordering and packing took (after a warm-up, so numba compil
 counted), and the share of the two upper bounds of `metrics.path_upper_bounds` that
 adjacent_sim_mean reaches, and the share of the gap between `icp` (Algorithm 1) and the
 2-matching bound that it closes.
+
+Results are stored in the workspace (table `evaluations`, one row per method × policy), keyed
+by the kept documents' version and the parameters the numbers depend on (`SETTING_FIELDS`), so
+the app shows what `icp eval` computed without computing it again.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,10 +26,18 @@ from typing import Any
 import numpy as np
 
 from icp_core import dedup, metrics, pack, stages, traverse
+from icp_core.errors import IcpError
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 
 Report = Callable[[int, int], None]
+
+# what a row's numbers depend on besides its method, policy and the kept documents
+SETTING_FIELDS = (
+    "k", "context_length", "seed", "shuffle", "dedup_threshold", "tokenizer", "separator",
+    "label_field",
+)  # fmt: skip
+TABLE = "evaluations"
 
 # Columns of the table, in order: (row key, header, format).
 COLUMNS = (
@@ -67,6 +80,7 @@ class Corpus:
     sep_tokens: int
     n_duplicates: int
     params: Params
+    data_version: str = ""  # the dedup stage's fingerprint it was read at ("": not stored)
 
     @property
     def n_documents(self) -> int:
@@ -88,7 +102,74 @@ def load_corpus(ws: Workspace, params: Params, report: Report = _noop) -> Corpus
         sep_tokens=len(stages.separator_for(params)),
         n_duplicates=int(ws.scalar("SELECT count(*) FROM duplicates")),
         params=params,
+        data_version=data_version(ws),
     )
+
+
+def data_version(ws: Workspace) -> str:
+    """The version of the kept documents: the dedup stage's fingerprint, which chains the
+    ingest, embedding and kNN fingerprints."""
+    state = ws.stage_state("dedup")
+    if state is None:
+        raise IcpError(f"{ws.path}: no near-duplicate pass yet; run every stage first")
+    return state["fingerprint"]
+
+
+def setting_of(params: Params) -> str:
+    """The stored key of the parameters an evaluation ran with (canonical JSON)."""
+    return json.dumps({name: getattr(params, name) for name in SETTING_FIELDS}, sort_keys=True)
+
+
+def store(ws: Workspace, corpus: Corpus, result: dict[str, Any]) -> None:
+    """Keep `result` (of `evaluate(corpus, ...)`) in the workspace; its rows replace stored
+    rows of the same method, policy, parameters and data, other rows stay."""
+    key = [corpus.data_version, setting_of(corpus.params)]
+    with ws.transaction():
+        ws.execute(
+            f"""CREATE TABLE IF NOT EXISTS {TABLE} (
+                   data VARCHAR NOT NULL, setting VARCHAR NOT NULL,
+                   order_method VARCHAR NOT NULL, pack VARCHAR NOT NULL,
+                   computed_at TIMESTAMP, row JSON, bounds JSON, info JSON)"""
+        )
+        for row in result["rows"]:
+            ws.execute(
+                f"DELETE FROM {TABLE} WHERE data = ? AND setting = ? AND order_method = ? "
+                "AND pack = ?",
+                [*key, row["order"], row["pack"]],
+            )
+            ws.execute(
+                f"INSERT INTO {TABLE} VALUES (?, ?, ?, ?, current_timestamp, ?, ?, ?)",
+                [
+                    *key,
+                    row["order"],
+                    row["pack"],
+                    json.dumps(row),
+                    json.dumps(result["bounds"]),
+                    json.dumps(result["params"]),
+                ],
+            )
+
+
+def stored(ws: Workspace, params: Params) -> dict[str, Any] | None:
+    """What `evaluate` computed at `params` on the current data, as `evaluate` returns it
+    (rows in method and policy order), or None when nothing is stored."""
+    if not ws.has_table(TABLE) or ws.stage_state("dedup") is None:
+        return None
+    found = ws.con.execute(
+        f"SELECT order_method, pack, row, bounds, info FROM {TABLE} "
+        "WHERE data = ? AND setting = ? ORDER BY computed_at",
+        [data_version(ws), setting_of(params)],
+    ).fetchall()
+    if not found:
+        return None
+    latest = found[-1]  # bounds and counts depend on the key alone; every row holds them
+    combos = [(m, p) for m in traverse.METHODS for p in pack.PACK_MODES]
+    found.sort(key=lambda r: combos.index((r[0], r[1])) if (r[0], r[1]) in combos else len(combos))
+    return {
+        "rows": [json.loads(r[2]) for r in found],
+        "bounds": json.loads(latest[3]),
+        "params": json.loads(latest[4]),
+    }
 
 
 def _scored(corpus: Corpus, kept: np.ndarray) -> metrics.KeptScoring:

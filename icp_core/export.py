@@ -586,17 +586,20 @@ def check_out(out: str | Path, overwrite: bool = False, keep: Collection[Path] =
     out = Path(out)
     if out.exists() or out.is_symlink():
         if not overwrite:
-            raise IcpError(f"{out}: already exists; pass --overwrite to replace an earlier export")
+            raise IcpError(
+                f"{out}: already exists; use {{fix}} to replace an earlier export", fix="overwrite"
+            )
         refusal = _why_not_replace(out, keep)
         if refusal:
             raise IcpError(
-                f"{out}: --overwrite refused, it is {refusal}; "
-                "choose another --out (or remove it yourself)"
+                f"{out}: not replaced, it is {refusal}; choose another {{fix}} (or remove it "
+                "yourself)",
+                fix="out",
             )
     parent = out.parent if str(out.parent) else Path(".")
     blocking = next((p for p in (parent, *parent.parents) if p.exists()), None)
     if blocking is not None and not blocking.is_dir():
-        raise IcpError(f"{out}: {blocking} is a file, not a folder; choose another --out")
+        raise IcpError(f"{out}: {blocking} is a file, not a folder; choose another {{fix}}", "out")
 
 
 @contextmanager
@@ -627,7 +630,7 @@ def staged_folder(
         staging.chmod(0o777 & ~_umask())
     except OSError as err:
         raise IcpError(
-            f"{out}: cannot write there ({err.strerror}); choose another --out"
+            f"{out}: cannot write there ({err.strerror}); choose another {{fix}}", fix="out"
         ) from None
     aside: Path | None = None  # the earlier export, moved here until the new one is in place
     try:
@@ -647,7 +650,8 @@ def staged_folder(
         error = NoSpace if err.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT) else IcpError
         raise error(
             f"{out}: export failed ({err.strerror or err}); nothing was written, "
-            "free space or choose another --out"
+            "free space or choose another {fix}",
+            fix="out",
         ) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

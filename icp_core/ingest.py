@@ -49,6 +49,16 @@ RAW_PREVIEW_CHARS = 200
 # Delimiters a CSV header may use; the one it holds most often wins (ties: this order).
 CSV_DELIMITERS = (",", ";", "\t", "|")
 _CHUNK = 1 << 20
+# Reject reasons say what is wrong with a row, not which option fixes it (the command line
+# and the app name options differently): `reject_fix` gives the advice for a stored reason.
+MISSING_TEXT = "missing text field"
+TEXT_DIFFERS = "text differs from the stored document"
+FIELDS_DIFFER = "fields other than the text differ from the stored document"
+_REJECT_FIXES = {
+    MISSING_TEXT: ("set {fix} to the field that holds the text", "text_field"),
+    TEXT_DIFFERS: ("use {fix} to replace the stored documents", "update"),
+    FIELDS_DIFFER: ("use {fix} to replace the stored documents", "update"),
+}
 _UTF8_BOM = b"\xef\xbb\xbf"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 _UNSUPPORTED = (
@@ -298,6 +308,12 @@ def id_names(inputs: Sequence[str | Path]) -> dict[str, str]:
     return {p: Path(os.path.relpath(os.path.abspath(p), root)).as_posix() for p in files}
 
 
+def reject_fix(reason: str) -> tuple[str, str] | None:
+    """What fixes rows rejected for `reason`: (advice saying "{fix}" where the option goes,
+    the option; see `IcpError`), or None when the file itself must change."""
+    return next((fix for start, fix in _REJECT_FIXES.items() if reason.startswith(start)), None)
+
+
 # ---------------------------------------------------------------------------------------------
 # parsing
 # ---------------------------------------------------------------------------------------------
@@ -485,7 +501,7 @@ def _accept(
         return
     doc_id = doc_id if doc_id is not None else f"{ref.name}:{line}"
     if text_field not in record:
-        reason = f"missing text field '{text_field}' (set --text-field)"
+        reason = f"{MISSING_TEXT} '{text_field}'"
         parsed.reject(line, reason, raw, doc_id, ref.source)
         return
     text = record[text_field]
@@ -561,7 +577,8 @@ def _parse_parquet(ref: FileRef, parsed: ParsedSource, text_field: str, id_field
     if text_field not in schema.names:
         raise IcpError(
             f"{path}: no column '{text_field}' (columns: {', '.join(schema.names)}); "
-            "pass --text-field NAME"
+            "set {fix} to the column that holds the text",
+            fix="text_field",
         )
     text_type = schema.field(text_field).type
     if pa.types.is_dictionary(text_type):  # pandas categoricals: strings stored once
@@ -569,7 +586,8 @@ def _parse_parquet(ref: FileRef, parsed: ParsedSource, text_field: str, id_field
     if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
         raise IcpError(
             f"{path}: column '{text_field}' has type {text_type}, not string; "
-            "pass --text-field with a string column"
+            "set {fix} to a string column",
+            fix="text_field",
         )
     line_no = 0
     try:
@@ -798,7 +816,8 @@ def _parse_csv(ref: FileRef, parsed: ParsedSource, text_field: str, id_field: st
     if text_field not in columns:
         raise IcpError(
             f"{ref.path}: no column '{text_field}' (columns: {', '.join(columns)}); "
-            "pass --text-field NAME"
+            "set {fix} to the column that holds the text",
+            fix="text_field",
         )
     id_index = columns.index(id_field) if id_field in columns else None
     layout = CsvLayout(sniff_delimiter(header.raw), columns, id_index)

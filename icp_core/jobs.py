@@ -81,10 +81,13 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
         spec: {"workspace": path, "params": Params dict, "until": last stage,
             "inputs": files to ingest first (optional), "seed_cache": an embedding-cache
             Parquet whose rows to add first (optional; the bundled sample's), "wait_s":
-            seconds to wait for the workspace's write lock (default 60), "status_file": path}.
+            seconds to wait for the workspace's write lock (default 60), "evaluate": instead of
+            running stages, evaluate every ordering method × pack policy at "params" on the
+            stored kept documents and store the result (`evaluate.store`), "status_file": path}.
 
     The status file holds {"state": "running" | "done" | "failed", "stage", "done", "total",
-    "stages": [{"stage", "status", "seconds"}], "error", "pid", "started_at", "updated_at"}.
+    "stages": [{"stage", "status", "seconds"}], "error", "problem" (a failure's message and fix,
+    for the app's words), "pid", "started_at", "updated_at"}.
     Errors end up in it as one line (never raised), so the app can show them.
     """
     status: dict[str, Any] = {
@@ -103,25 +106,47 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     reporter.write(force=True)
     try:
         params = Params.from_dict(spec.get("params") or {}).validate()
-        with Workspace(spec["workspace"], wait_s=float(spec.get("wait_s", 60.0))) as ws:
-            outcomes = []
-            if spec.get("inputs"):
-                outcomes.append(pipeline.ingest(ws, list(spec["inputs"]), params, reporter))
-            if spec.get("seed_cache"):
-                stages.seed_embedding_cache(ws, Path(spec["seed_cache"]))
-            until = spec.get("until", "metrics")
-            outcomes += pipeline.run(ws, params, until=until, progress=reporter)
+        wait_s = float(spec.get("wait_s", 60.0))
+        outcomes = []
+        if spec.get("evaluate"):
+            _evaluate(Path(spec["workspace"]), params, wait_s, reporter)
+        else:
+            with Workspace(spec["workspace"], wait_s=wait_s) as ws:
+                if spec.get("inputs"):
+                    outcomes.append(pipeline.ingest(ws, list(spec["inputs"]), params, reporter))
+                if spec.get("seed_cache"):
+                    stages.seed_embedding_cache(ws, Path(spec["seed_cache"]))
+                until = spec.get("until", "metrics")
+                outcomes += pipeline.run(ws, params, until=until, progress=reporter)
         status["stages"] = [
             {"stage": o.stage, "status": o.status, "seconds": round(o.seconds, 3)} for o in outcomes
         ]
         status["state"] = "done"
     except IcpError as err:
-        status.update(state="failed", error=str(err))
+        # the message as the command line words it, and its parts for the app's words
+        status.update(
+            state="failed", error=str(err), problem={"message": err.message, "fix": err.fix}
+        )
     except Exception as err:  # a bug: report it as one line rather than die silently
         log.exception("job failed")
         status.update(state="failed", error=f"internal error: {type(err).__name__}: {err}")
     reporter.write(force=True)
     return status
+
+
+def _evaluate(
+    path: Path, params: Params, wait_s: float, progress: pipeline.ProgressFactory
+) -> None:
+    """`icp eval` for the app: every method × policy at `params` on the stored kept documents,
+    stored in the workspace. The settings and stages stay as they are (the compared setting
+    is not applied), and the workspace is free for readers while the combinations run."""
+    from icp_core import evaluate
+
+    with Workspace(path, wait_s=wait_s) as ws:
+        corpus = evaluate.load_corpus(ws, params, progress("tokens"))
+    result = evaluate.evaluate(corpus, report=progress("eval"))
+    with Workspace(path, wait_s=wait_s) as ws:
+        evaluate.store(ws, corpus, result)
 
 
 def warm_up() -> None:

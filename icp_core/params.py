@@ -29,11 +29,6 @@ _INT_BOUNDS = (
 )
 
 
-def _flag(name: str) -> str:
-    """The CLI option of a field: `context_length` -> `--context-length`."""
-    return "--" + name.replace("_", "-")
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -80,8 +75,9 @@ class Params:
         return replace(self, **changes)
 
     def problems(self) -> dict[str, str]:
-        """Every invalid field, mapped to a one-line message that names its option and value
-        (empty when all are valid). Cheap: reads no model weights, only a model's config."""
+        """Every invalid field, mapped to a one-line message that names its value and says
+        "{fix}" for the field's option (see `IcpError`; empty when all are valid). Cheap:
+        reads no model weights, only a model's config."""
         from icp_core.knn import INDEXES
         from icp_core.pack import PACK_MODES
         from icp_core.traverse import METHODS
@@ -92,15 +88,15 @@ class Params:
             if value is None and name == "max_tokens":
                 continue
             if not _is_int(value):
-                found[name] = f"{_flag(name)} {value!r}: {what} must be a whole number"
+                found[name] = f"{{fix}} {value!r}: {what} must be a whole number"
             elif value < low:
-                found[name] = f"{_flag(name)} {value}: {what} must be at least {low}"
+                found[name] = f"{{fix}} {value}: {what} must be at least {low}"
             elif value > high:
-                found[name] = f"{_flag(name)} {value}: {what} must be at most {high}"
+                found[name] = f"{{fix}} {value}: {what} must be at most {high}"
         for name, choices in (("index", INDEXES), ("order", tuple(METHODS)), ("pack", PACK_MODES)):
             value = getattr(self, name)
             if value not in choices:
-                found[name] = f"{_flag(name)} {value}: {choose(str(value), choices)}"
+                found[name] = f"{{fix}} {value}: {choose(str(value), choices)}"
         threshold = self.dedup_threshold
         if threshold is not None and (
             not isinstance(threshold, int | float)
@@ -108,25 +104,24 @@ class Params:
             or not 0 < threshold <= 1  # also refuses NaN, whose comparisons are all false
         ):
             found["dedup_threshold"] = (
-                f"--dedup-threshold {threshold!r}: must lie in (0, 1]; "
-                "use --no-dedup to turn dedup off"
+                f"{{fix}} {threshold!r}: must lie in (0, 1], or turn dedup off"
             )
         for name in ("text_field", "id_field", "label_field", "separator", "device"):
             value = getattr(self, name)
             if value is None and name not in ("text_field", "id_field", "device"):
                 continue
             if not isinstance(value, str) or not value:
-                found[name] = f"{_flag(name)} {value!r}: must be a non-empty text"
+                found[name] = f"{{fix}} {value!r}: must be a non-empty text"
         if not isinstance(self.shuffle, bool):
-            found["shuffle"] = f"--shuffle {self.shuffle!r}: must be true or false"
+            found["shuffle"] = f"{{fix}} {self.shuffle!r}: must be true or false"
         if "max_tokens" not in found and self.max_tokens is not None and self.vectors is None:
             from icp_core.embed import model_token_limit, resolve_model_path
 
             limit = model_token_limit(resolve_model_path(self.model))
             if limit is not None and self.max_tokens > limit:
                 found["max_tokens"] = (
-                    f"--max-tokens {self.max_tokens}: the model reads at most {limit} tokens; "
-                    f"pass --max-tokens {limit} or less"
+                    f"{{fix}} {self.max_tokens}: the model reads at most {limit} tokens; "
+                    f"give {limit} or less"
                 )
         return found
 
@@ -144,10 +139,11 @@ class Params:
         for name, message in self.problems().items():
             if name in stored:
                 raise IcpError(
-                    f"the workspace's stored setting {message}; pass {_flag(name)} with a valid "
-                    "value (to `icp run` or the stage command that takes it) to replace it"
+                    f"the workspace's stored setting {message}; give {{fix}} a valid value "
+                    "(to `icp run` or the stage command that takes it) to replace it",
+                    fix=name,
                 )
-            raise IcpError(message)
+            raise IcpError(message, fix=name)
         return self
 
     @classmethod

@@ -18,6 +18,7 @@ from typing import Any
 
 from icp_core import stages
 from icp_core.errors import IcpError
+from icp_core.ingest import reject_fix
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 
@@ -162,7 +163,7 @@ def run(
         raise IcpError(f"unknown stage '{until}'")
     params = params.validate()
     if ws.stage_state("ingest") is None or ws.n_documents() == 0:
-        raise IcpError(stages.no_documents_message(ws))
+        raise _no_documents(ws)
     with ws.transaction():
         ws.save_settings(params.to_dict())
     outcomes = []
@@ -171,6 +172,15 @@ def run(
         if stage.name == until:
             break
     return outcomes
+
+
+def _no_documents(ws: Workspace) -> IcpError:
+    """Why there is nothing to run on, with the option that fixes the most common reject an
+    option can fix."""
+    message = stages.no_documents_message(ws)
+    reasons = ws.column("SELECT reason FROM rejects GROUP BY reason ORDER BY count(*) DESC, reason")
+    fix = next(filter(None, map(reject_fix, reasons.tolist())), None)
+    return IcpError(message) if fix is None else IcpError(f"{message}; {fix[0]}", fix=fix[1])
 
 
 def _run_stage(

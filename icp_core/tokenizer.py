@@ -115,18 +115,20 @@ class LMTokenizer(ABC):
             token_id = self.special_id(self.info.eos_token) if self.info.eos_token else None
             if token_id is None:
                 raise IcpError(
-                    f"tokenizer {self.info.name} has no end-of-document token; pass --separator"
+                    f"tokenizer {self.info.name} has no end-of-document token; set {{fix}}",
+                    fix="separator",
                 )
             return [token_id]
         if not separator:
-            raise IcpError("--separator is empty; pass a token or text, or leave it out")
+            raise IcpError("{fix} is empty; give a token or text, or leave it out", "separator")
         token_id = self.special_id(separator)
         if token_id is not None:
             return [token_id]
         ids = self.encode(separator)
         if not ids:
             raise IcpError(
-                f"separator {separator!r} encodes to no tokens; pass another --separator"
+                f"separator {separator!r} encodes to no tokens; set another {{fix}}",
+                fix="separator",
             )
         return ids
 
@@ -160,9 +162,10 @@ class HFTokenizer(LMTokenizer):
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as err:  # tokenizers raises a bare Exception on bad JSON
             raise IcpError(
-                f"{path}: not a tokenizer.json ({str(err)[:120]}); pass --tokenizer with a "
+                f"{path}: not a tokenizer.json ({str(err)[:120]}); set {{fix}} to a "
                 "tokenizer.json, a SentencePiece .model, a .tiktoken ranks file or a built-in "
-                "name (icp tokenizers)"
+                "name",
+                fix="tokenizer",
             ) from None
         tokenizer.no_truncation()
         tokenizer.no_padding()
@@ -270,7 +273,10 @@ class SentencePieceTokenizer(LMTokenizer):
         try:
             processor.Load(model_file=str(path))
         except (OSError, RuntimeError) as err:
-            raise IcpError(f"{path}: not a SentencePiece model ({err}); pass --tokenizer") from None
+            raise IcpError(
+                f"{path}: not a SentencePiece model ({err}); set {{fix}} to a valid file",
+                fix="tokenizer",
+            ) from None
         eos = processor.id_to_piece(processor.eos_id()) if processor.eos_id() >= 0 else None
         pad = processor.pad_id() if processor.pad_id() >= 0 else None
         info = TokenizerInfo(
@@ -346,10 +352,14 @@ def read_tiktoken_ranks(path: Path) -> dict[bytes, int]:
         except ValueError:
             raise IcpError(
                 f"{path}:{number}: not a tiktoken ranks line (base64 token, space, rank); "
-                "pass --tokenizer with a valid file"
+                "set {fix} to a valid file",
+                fix="tokenizer",
             ) from None
     if not ranks:
-        raise IcpError(f"{path}: no ranks in this tiktoken file; pass --tokenizer")
+        raise IcpError(
+            f"{path}: no ranks in this tiktoken file; set {{fix}} to a valid file",
+            "tokenizer",
+        )
     return ranks
 
 
@@ -515,9 +525,10 @@ def resolve(spec: str | None) -> tuple[str, Path]:
         path = path / "tokenizer.json"
     if not path.is_file():
         raise IcpError(
-            f"tokenizer '{spec}' not found; pass --tokenizer with a local tokenizer.json (or "
+            f"tokenizer '{spec}' not found; set {{fix}} to a local tokenizer.json (or "
             "its folder), a SentencePiece .model, a .tiktoken ranks file, or a built-in name: "
-            + ", ".join(BUILTINS)
+            + ", ".join(BUILTINS),
+            fix="tokenizer",
         )
     return path.name, path.resolve()
 

@@ -70,6 +70,10 @@ def test_ingest_reports_rejects(tmp_path):
     corpus.write_text('{"id": 1, "text": "good"}\nnot json\n{"id": 2}\n')
     result = icp("ingest", corpus, "-w", tmp_path / "w.duckdb")
     assert result.stdout.startswith("1 documents, 2 rejected (see rejects)")
+    # the stored reason names no option; the command line adds its flag
+    assert result.stdout.splitlines()[-1] == (
+        "rejected rows: set --text-field to the field that holds the text"
+    )
 
 
 @pytest.mark.parametrize(
@@ -78,7 +82,7 @@ def test_ingest_reports_rejects(tmp_path):
         (["ingest", "missing.jsonl"], "missing.jsonl: no such file or folder"),
         (["run", "{corpus}", "--k", "0"], "k must be at least 1"),
         (["run", "{corpus}", "--model", "/no/such/model"], "pass --model"),
-        (["run", "{corpus}", "--tokenizer", "/no/tokenizer.json"], "pass --tokenizer"),
+        (["run", "{corpus}", "--tokenizer", "/no/tokenizer.json"], "set --tokenizer"),
         (["run", "{corpus}", "--order", "zigzag"], "--order zigzag"),
         (["metrics"], "no documents ingested yet"),
     ],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -99,6 +100,33 @@ def test_missing_values_print_as_dash(full_result):
     assert " - |" in row
 
 
+def test_a_stored_result_is_read_back_by_its_parameters_and_data(sample_ws, corpus, tmp_path):
+    path = Path(shutil.copy(sample_ws, tmp_path / "ws.duckdb"))
+    params = corpus.params
+    first = evaluate.evaluate(corpus, ["random", "icp"], ["split"])
+    with Workspace(path) as ws:
+        assert evaluate.stored(ws, params) is None
+        evaluate.store(ws, corpus, first)
+        evaluate.store(ws, corpus, evaluate.evaluate(corpus, ["greedy"], ["whole"]))
+        evaluate.store(ws, corpus, first)  # the same combinations again replace, not add
+        found = evaluate.stored(ws, params)
+        # rows in the methods' and policies' order, however they were stored
+        assert [(r["order"], r["pack"]) for r in found["rows"]] == [
+            ("icp", "split"),
+            ("random", "split"),
+            ("greedy", "whole"),
+        ]
+        by_name = {(r["order"], r["pack"]): r for r in first["rows"]}
+        assert found["rows"][0] == json.loads(json.dumps(by_name["icp", "split"]))
+        assert found["bounds"] == first["bounds"] and found["params"] == first["params"]
+        # another k or context length, or other kept documents: not this result
+        assert evaluate.stored(ws, params.updated(k=params.k - 1)) is None
+        assert evaluate.stored(ws, params.updated(context_length=1024)) is None
+        state = ws.stage_state("dedup")
+        ws.set_stage_state("dedup", "other data", state["params"], state["counts"])
+        assert evaluate.stored(ws, params) is None
+
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
     return subprocess.run(
@@ -120,6 +148,12 @@ def test_cli_eval_table_and_json(sample_ws):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert [(r["order"], r["pack"]) for r in result["rows"]] == [("random", "split")]
+    with Workspace(sample_ws, read_only=True) as ws:  # both runs kept, for the app
+        stored = evaluate.stored(ws, Params.from_dict(ws.load_settings()))
+    assert {(r["order"], r["pack"]) for r in stored["rows"]} == {
+        ("icp", "split"), ("icp", "whole"), ("greedy", "split"), ("greedy", "whole"),
+        ("random", "split"),
+    }  # fmt: skip
 
 
 @pytest.mark.slow

@@ -124,7 +124,7 @@ class TestBadRows:
         assert counts["documents"] == 1
         reasons = {row["line"]: row["reason"] for row in rejects(tmp_path / "w.duckdb")}
         assert reasons[2].startswith("invalid JSON")
-        assert reasons[3] == "missing text field 'text' (set --text-field)"
+        assert reasons[3] == "missing text field 'text'"
         assert reasons[4] == "empty text"
         assert reasons[5] == "text field 'text' is int, not a string"
         assert reasons[6].startswith("duplicate id 'ok' (first at") and ":1)" in reasons[6]
@@ -165,7 +165,7 @@ class TestBadRows:
         path = tmp_path / "d.csv"
         path.write_text("id,body\n1,hello\n")
         with pytest.raises(
-            IcpError, match=r"no column 'text' \(columns: id, body\); pass --text-field"
+            IcpError, match=r"no column 'text' \(columns: id, body\); set --text-field"
         ):
             parse_source(path)
 
@@ -226,3 +226,18 @@ class TestIdempotence:
         ingest(tmp_path / "w.duckdb", path)
         with Workspace(tmp_path / "w.duckdb", read_only=True) as ws:
             assert ws.scalar("SELECT length(text) FROM documents") == len(text)
+
+
+def test_a_reject_reason_names_no_option_and_reject_fix_says_which_does():
+    from icp_core.ingest import FIELDS_DIFFER, TEXT_DIFFERS, reject_fix
+
+    assert reject_fix("missing text field 'body'") == (
+        "set {fix} to the field that holds the text",
+        "text_field",
+    )
+    assert reject_fix(TEXT_DIFFERS)[1] == reject_fix(FIELDS_DIFFER)[1] == "update"
+    assert reject_fix("empty text") is None  # the file itself must change
+    assert "--" not in TEXT_DIFFERS + FIELDS_DIFFER
+    err = IcpError("{fix} 0: k must be at least 1", fix="k")
+    assert str(err) == "--k 0: k must be at least 1"
+    assert err.render(lambda option: f"“{option}”") == "“k” 0: k must be at least 1"

@@ -64,3 +64,32 @@ def test_invalid_parameters_fail_the_job_before_touching_the_workspace(tmp_path)
 def _settings(path) -> dict:
     with Workspace(path, read_only=True) as ws:
         return ws.load_settings()
+
+
+def test_an_evaluation_job_stores_every_combination_and_applies_nothing(tmp_path):
+    """The Compare page's job: `icp eval` at another k, kept in the workspace, while the
+    applied settings and stages stay as they were."""
+    from icp_core import evaluate
+
+    path = synthetic_workspace(tmp_path)
+    before = _settings(path)
+    with Workspace(path, read_only=True) as ws:
+        stages_before = ws.arrow("SELECT * FROM stage_state ORDER BY stage").to_pylist()
+    compared = Params.from_dict(before).updated(k=3)
+    status = jobs.run_job(
+        {
+            "workspace": str(path),
+            "params": compared.to_dict(),
+            "evaluate": True,
+            "status_file": str(tmp_path / "job.json"),
+        }
+    )
+    assert status["state"] == "done", status["error"]
+    assert (status["stage"], status["done"]) == ("eval", status["total"])
+    with Workspace(path, read_only=True) as ws:
+        assert ws.load_settings() == before
+        assert ws.arrow("SELECT * FROM stage_state ORDER BY stage").to_pylist() == stages_before
+        stored = evaluate.stored(ws, compared)
+        assert evaluate.stored(ws, Params.from_dict(before)) is None
+    assert stored["params"]["k"] == 3
+    assert len(stored["rows"]) == status["total"]

@@ -180,7 +180,7 @@ def test_k_larger_than_the_corpus(tiny_workspace):
         ({"k": 0}, "k must be at least 1"),
         ({"order": "zigzag"}, "--order zigzag"),
         ({"context_length": 1}, "--context-length 1"),
-        ({"dedup_threshold": 1.5}, "--no-dedup"),
+        ({"dedup_threshold": 1.5}, "--dedup-threshold 1.5: .* or turn dedup off"),
     ],
 )
 def test_bad_parameters(tiny_workspace, change, message):

@@ -416,7 +416,7 @@ def test_cli_joins_a_running_cluster(ray_cluster, sample_inputs, tmp_path):
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2
     assert again.stderr.strip().splitlines()[-1].startswith("error: ")
-    assert "already exists; pass --overwrite" in again.stderr
+    assert "already exists; use --overwrite" in again.stderr
 
 
 def test_cli_ray_engine_needs_out(tmp_path):

@@ -5,8 +5,9 @@ context that holds the same document under each."""
 import pandas as pd
 import streamlit as st
 
-from app import charts, data, state
-from icp_core import explore, pack
+from app import charts, data, jobs, progress, state
+from icp_core import evaluate, explore, pack
+from icp_core.params import Params
 from icp_core.traverse import METHODS
 
 ws = state.page_setup()
@@ -136,26 +137,63 @@ for column, frame, title in ((columns[0], left, here), (columns[1], right, name)
 
 st.subheader("Every method × pack policy")
 st.caption(
-    f"What the command line's evaluation computes: each ordering method with each pack "
-    f"policy at k = {p.k} and L = {p.context_length:,}, with the upper bounds on adjacent "
-    "similarity (about a minute on 2 cores; kept until the data changes)."
+    "What the command line's evaluation (`icp eval`) computes: each ordering method with each "
+    "pack policy, measured like the metrics above, with the share of the upper bounds on "
+    "adjacent similarity each reaches. Kept in the workspace until the data changes."
 )
-if st.session_state.get("compare_eval") or st.button("Compute every combination"):
-    st.session_state["compare_eval"] = True
-    result = data.evaluation(ws)
-    bounds = result["bounds"]
+evaluated = {"applied": p}
+if (other.k, other.context_length) != (p.k, p.context_length):
+    evaluated["compared"] = other
+
+
+def _shown_above(params: Params, order: str, policy: str) -> str:
+    """Which side of the comparison above a row of `params`' evaluation is ("" for neither)."""
+    row = (params.k, params.context_length, order, policy)
+    if row == (p.k, p.context_length, p.order, p.pack):
+        return "applied"
+    if not is_random and row == (other.k, other.context_length, other.order, other.pack):
+        return "compared"
+    return ""
+
+
+headers = {key: header for key, header, _ in evaluate.COLUMNS}
+frames, bounds = [], []
+for side, params in evaluated.items():
+    where = f"k = {params.k} · L = {params.context_length:,}"
+    result = data.stored_evaluation(ws, params)
+    if result is None:
+        st.info(f"Not evaluated yet at {where} (the {side} setting).")
+        if st.button(f"Evaluate {side} setting", key=f"evaluate_{side}"):
+            progress.start_job(
+                jobs.evaluation_spec(ws.path, params),
+                progress.evaluation_plan(data.stage_seconds(ws)),
+            )
+            st.rerun()
+        continue
     rows = pd.DataFrame(result["rows"])
-    first = [c for c in ("order", "pack") if c in rows.columns]
+    rows["setting"] = f"{side} · {where}"
+    rows["shown above"] = [
+        _shown_above(params, o, k) for o, k in zip(rows["order"], rows["pack"], strict=True)
+    ]
+    frames.append(rows[["setting", "order", "pack", "shown above", *list(headers)[2:]]])
+    top1, matching = result["bounds"].get("top1_bound"), result["bounds"].get("two_matching_bound")
+    bounds.append(
+        f"{side} · {where}: top-1 {'–' if top1 is None else f'{top1:.3f}'}, 2-matching "
+        f"{'–' if matching is None else f'{matching:.3f}'}"
+    )
+if frames:
+    table = pd.concat(frames, ignore_index=True).rename(columns=headers)
+    formats = {header: fmt for key, header, fmt in evaluate.COLUMNS[2:]}
+    if len(frames) == 1:  # one setting: its name is in the caption, not on every row
+        table = table.drop(columns="setting")
+    identifying = [c for c in ("setting", "order", "pack", "shown above") if c in table.columns]
     st.dataframe(
-        rows[first + [c for c in rows.columns if c not in first]],
+        table.style.format(formats, na_rep="–"),
         hide_index=True,
         width="stretch",
-        column_config={name: st.column_config.Column(pinned=True) for name in first},
+        column_config={c: st.column_config.Column(pinned=True) for c in identifying},
     )
-    top1, matching = bounds.get("top1_bound"), bounds.get("two_matching_bound")
     st.caption(
-        "Upper bounds on adjacent similarity: top-1 "
-        + ("–" if top1 is None else f"{top1:.3f}")
-        + ", 2-matching "
-        + ("–" if matching is None else f"{matching:.3f}")
+        "“shown above”: the applied and the compared setting's rows. Upper bounds on adjacent "
+        "similarity: " + "; ".join(bounds) + "."
     )

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from app import data, sidebar, state
+from app import data, state
+from app.words import LABELS, app_words
 from icp_core.errors import IcpError
 from icp_core.export import FORMATS
 
@@ -46,7 +47,7 @@ def _run_export(out: Path, overwrite: bool) -> dict | None:
         )
     except IcpError as err:
         bar.empty()
-        st.error(sidebar.in_app_words(str(err)))
+        st.error(app_words(err))
         return None
     bar.empty()
     return manifest
@@ -55,7 +56,7 @@ def _run_export(out: Path, overwrite: bool) -> dict | None:
 write_tab, download_tab = st.tabs(["Write to a folder", "Download"])
 with write_tab:
     default = Path.cwd() / "out" / f"{ws.path.stem}-{fmt}"
-    out = st.text_input("Output folder", value=str(default), key=f"export_out_{fmt}")
+    out = st.text_input(LABELS["out"], value=str(default), key=f"export_out_{fmt}")
     target = Path(out).expanduser()
     st.caption(
         f"Writes the folder {target}"
@@ -65,7 +66,7 @@ with write_tab:
             else ""
         )
     )
-    overwrite = st.checkbox("Replace the folder if it exists", key="export_overwrite")
+    overwrite = st.checkbox(LABELS["overwrite"], key="export_overwrite")
     if st.button("Write", type="primary", key="export_write"):
         manifest = _run_export(Path(out).expanduser(), overwrite)
         if manifest is not None:
@@ -107,8 +108,13 @@ manifest = st.session_state.get("export_manifest")
 if manifest:
     st.subheader("Manifest")
     files, counts = st.columns(2)
+    entries = manifest["files"].values()  # {name: {"bytes", "sha256"}}
     files.dataframe(
-        {"file": list(manifest["files"]), "bytes": list(manifest["files"].values())},
+        {
+            "file": list(manifest["files"]),
+            "bytes": [entry["bytes"] for entry in entries],
+            "sha256": [entry["sha256"] for entry in entries],
+        },
         hide_index=True,
         width="stretch",
     )

@@ -12,7 +12,9 @@ import numpy as np
 import pyarrow as pa
 
 from icp_core.ingest import (
+    FIELDS_DIFFER,
     RAW_PREVIEW_CHARS,
+    TEXT_DIFFERS,
     ParsedSource,
     duplicate_id_reason,
     hash_text,
@@ -42,7 +44,7 @@ def run_ingest(
     - a new id adds a document;
     - a known id from the same file with the same text and fields is unchanged (no reject);
     - a known id whose text or fields differ replaces the stored document in place (same
-      doc number) with `update`, else is rejected with "...; pass --update";
+      doc number) with `update`, else is rejected (TEXT_DIFFERS or FIELDS_DIFFER);
     - a known id from another file is a duplicate-id reject (replaced with `update`).
     A re-read source's earlier rejects are replaced by this read's, so a row fixed by a retry
     (say, with the right --text-field) is no longer also counted as rejected.
@@ -105,12 +107,6 @@ class _RowFates:
     replaced: list[tuple[int, int]]  # (row, doc): text, fields or file replaced (--update)
     moved: list[tuple[int, int]]  # (row, doc): unchanged, but now on another line
     unchanged: int
-
-
-TEXT_DIFFERS = "text differs from the stored document; pass --update"
-
-
-FIELDS_DIFFER = "fields other than the text differ from the stored document; pass --update"
 
 
 def _row_fates(ws: Workspace, parsed: ParsedSource, hashes: list[str], update: bool) -> _RowFates:

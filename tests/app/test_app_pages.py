@@ -6,8 +6,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app.main import APP_DIR, PAGES
-from icp_core import stages
+from icp_core import evaluate, stages
+from icp_core.pack import PACK_MODES
 from icp_core.params import DEFAULT_ORDER, Params
+from icp_core.traverse import METHODS
 from icp_core.workspace import Workspace
 from tests.app.workspaces import HOSTILE_TEXT, copy_workspace, synthetic_workspace
 
@@ -193,6 +195,36 @@ def test_compare_puts_another_method_next_to_the_applied_one(sample_workspace):
     assert len(at.dataframe) == 3  # metrics, and the chosen document's context on each side
 
 
+def eval_table(at: AppTest):
+    return next(f.value for f in at.dataframe if "shown above" in f.value.columns)
+
+
+def test_compare_shows_what_icp_eval_stored_and_evaluates_the_compared_setting(sample_copy):
+    with Workspace(sample_copy) as ws:  # what `icp eval --order ... --pack split` stores
+        corpus = evaluate.load_corpus(ws, Params.from_dict(ws.load_settings()))
+        evaluate.store(ws, corpus, evaluate.evaluate(corpus, [DEFAULT_ORDER, "icp"], ["split"]))
+    at = open_app(sample_copy, "pages/compare.py")
+    table = eval_table(at)
+    # one setting evaluated: identifying columns first, the setting named in the caption
+    assert list(table.columns[:3]) == ["order", "pack", "shown above"]
+    assert list(table["order"]) == ["icp", DEFAULT_ORDER]
+    assert list(table["shown above"]) == ["", "applied"]
+    assert any("applied · k = 10 · L = 8,192: top-1" in c.value for c in at.caption)
+    at.selectbox(key="compare_order").select("icp").run()
+    assert list(eval_table(at)["shown above"]) == ["compared", "applied"]
+
+    at.number_input(key="compare_k").set_value(5).run()
+    assert any("Not evaluated yet at k = 5" in i.value for i in at.info)
+    next(b for b in at.button if b.label == "Evaluate compared setting").click()
+    at.run()  # starts the job, follows its progress, then shows what it stored
+    assert not at.exception, at.exception
+    table = eval_table(at)
+    compared = table[table["setting"].str.startswith("compared · k = 5")]
+    assert len(compared) == len(METHODS) * len(PACK_MODES)
+    assert list(compared.loc[compared["shown above"] != "", "order"]) == ["icp"]
+    assert not [i.value for i in at.info if "Not evaluated" in i.value]
+
+
 def test_two_hops_show_the_strongest_neighbours_and_more_on_request(sample_workspace):
     at = open_app(sample_workspace, "pages/graph.py")
     at.radio(key="graph_hops").set_value(2).run()
@@ -204,3 +236,17 @@ def test_two_hops_show_the_strongest_neighbours_and_more_on_request(sample_works
     next(b for b in at.button if b.label == "Show more").click().run()
     shown = next(c.value for c in at.caption if c.value.startswith("Second hop"))
     assert "6 strongest" in shown and int(shown.split("(")[1].split()[0]) > few
+
+
+def test_export_writes_the_folder_and_lists_each_file_with_its_size_and_checksum(
+    sample_workspace, tmp_path
+):
+    at = open_app(sample_workspace, "pages/export.py")
+    at.text_input(key="export_out_jsonl").set_value(str(tmp_path / "out")).run()
+    next(b for b in at.button if b.label == "Write").click().run()
+    assert not at.exception, at.exception
+    files = at.dataframe[0].value
+    assert list(files.columns) == ["file", "bytes", "sha256"]
+    assert "manifest.json" not in set(files["file"])  # the manifest lists the others
+    for name, size in zip(files["file"], files["bytes"], strict=True):
+        assert (tmp_path / "out" / name).stat().st_size == size

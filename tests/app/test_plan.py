@@ -4,8 +4,10 @@ that never linger as zombies."""
 import os
 import time
 
-from app import jobs, progress
+from app import jobs, progress, words
 from icp_core import explore
+from icp_core.errors import IcpError
+from icp_core.jobs import run_job
 from icp_core.params import Params
 
 
@@ -62,18 +64,28 @@ def test_ended_workers_are_reaped(tmp_path):
     assert runner._spare is None
 
 
-def test_engine_advice_names_the_app_control_not_a_flag():
-    from app.sidebar import in_app_words
-
-    message = in_app_words(
-        "no documents: all 3 rows of /c/uploads/54070ba3c49e-notes.jsonl were rejected: "
-        "3 × missing text field 'text' (set --text-field); see the rejects table"
+def test_an_engine_error_names_the_flag_on_the_command_line_and_the_control_in_the_app(
+    tmp_path,
+):
+    err = IcpError("/o: already exists; use {fix} to replace an earlier export", fix="overwrite")
+    assert str(err) == "/o: already exists; use --overwrite to replace an earlier export"
+    assert words.app_words(err) == (
+        "/o: already exists; use “Replace the folder if it exists” on the Export page to "
+        "replace an earlier export"
     )
-    assert "--" not in message and "notes.jsonl" in message and "/c/uploads" not in message
-    assert "(set “Text field” in the sidebar's Data panel and upload again)" in message
-    assert in_app_words("/o: already exists; pass --overwrite to replace it") == (
-        "/o: already exists; tick “Replace the folder if it exists” below the Output folder"
+    # a job's failure reaches the app through the status file, with its parts
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text('{"id": "n1", "body": "no text field"}\n')
+    status = run_job(
+        {
+            "workspace": str(tmp_path / "w.duckdb"),
+            "inputs": [str(notes)],
+            "status_file": str(tmp_path / "status.json"),
+        }
     )
-    assert in_app_words("'x' not found; pass --tokenizer with a tokenizer.json (or a name)") == (
-        "'x' not found; set the Tokenizer box in the sidebar's Parameters"
+    assert status["error"].endswith("; set --text-field to the field that holds the text")
+    shown = words.job_error(status)
+    assert "--" not in shown and "icp " not in shown
+    assert shown.endswith(
+        "set “Text field” in the sidebar's Data panel to the field that holds the text"
     )

@@ -247,13 +247,13 @@ class TestExportTarget:
     def test_root_and_home(self, tiny_workspace, where):
         target = Path(where).expanduser()
         result = icp("export", "-w", tiny_workspace, "--out", target, "--overwrite")
-        one_line(result, USAGE, "--overwrite refused")
+        one_line(result, USAGE, "not replaced, it is")
 
     def test_the_workspace_and_its_folder(self, tiny_workspace):
         before = tiny_workspace.read_bytes()  # refused before the workspace is even opened
         for target in (tiny_workspace, tiny_workspace.parent):
             result = icp("export", "-w", tiny_workspace, "--out", target, "--overwrite")
-            one_line(result, USAGE, "--overwrite refused")
+            one_line(result, USAGE, "not replaced, it is")
         assert tiny_workspace.read_bytes() == before
 
     def test_a_foreign_manifest_is_not_ours(self, tiny_workspace, tmp_path):
@@ -366,7 +366,7 @@ class TestOptions:
             ws.save_settings({"seed": -5})
         result = icp("metrics", "-w", tiny_workspace)
         one_line(result, USAGE, "the workspace's stored setting --seed -5")
-        assert "pass --seed with a valid value" in result.stderr
+        assert "give --seed a valid value" in result.stderr
         assert icp("order", "-w", tiny_workspace, "--seed", 3).returncode == 0
         assert_usable(tiny_workspace)
 

@@ -291,7 +291,7 @@ class TestEditsAndRetries:
         counts = ingest(tmp_path / "w.duckdb", path)
         assert (counts["documents"], counts["unchanged"], counts["rejected"]) == (1, 1, 1)
         assert reasons(tmp_path / "w.duckdb") == [
-            (1, "text differs from the stored document; pass --update")
+            (1, "text differs from the stored document")
         ]
         assert texts(tmp_path / "w.duckdb") == {"a": "alpha", "b": "beta", "c": "new"}
 
@@ -322,7 +322,7 @@ class TestEditsAndRetries:
         write_jsonl(path, [{"id": "a", "text": "t", "label": "y"}])
         assert ingest(tmp_path / "w.duckdb", path)["rejected"] == 1
         assert reasons(tmp_path / "w.duckdb") == [
-            (1, "fields other than the text differ from the stored document; pass --update")
+            (1, "fields other than the text differ from the stored document")
         ]
         counts = ingest(tmp_path / "w.duckdb", path, update=True)
         assert (counts["updated"], counts["rejected"], counts["rejects_cleared"]) == (1, 0, 1)
@@ -368,7 +368,8 @@ class TestEditsAndRetries:
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1] == (
             f"error: {tmp_path / 'w.duckdb'}: no documents: all 12 rows of {path} were rejected: "
-            "12 × missing text field 'text' (set --text-field); see the rejects table"
+            "12 × missing text field 'text'; see the rejects table; set --text-field to the field "
+            "that holds the text"
         )
 
     def test_the_app_job_gets_the_same_message(self, tmp_path):
@@ -383,7 +384,8 @@ class TestEditsAndRetries:
         assert status["state"] == "failed"
         assert status["error"].endswith(
             f"all 2 rows of {path} were rejected: 1 × empty text; "
-            "1 × missing text field 'text' (set --text-field); see the rejects table"
+            "1 × missing text field 'text'; see the rejects table; set --text-field to the field "
+            "that holds the text"
         )
 
 
