@@ -11,7 +11,13 @@ No dedup (the options would remove different documents).
 
 Options: `full` (all-MiniLM-L6-v2 at its 256 tokens), `full-128` / `full-64` (the same cut
 to the first 128 / 64 tokens, `--max-tokens`), `static` (`--model static`, model2vec
-distilled from the full model, PCA 256). Every option embeds the same texts in one run.
+distilled from the full model: what `static_embed.static_model_path` builds). Every option
+embeds the same texts in one run.
+
+The full model's vectors of a subset are cached (`benchmarks/.cache/NAME-N-of-M-full.npy`):
+a later run on the same subset measures the full model's speed on its first `--rate-docs`
+documents only and scores with the cached vectors. `static@FOLDER` scores any saved model2vec
+folder (a distil variant from `distil_static.py`).
 
     python benchmarks/bench_embed.py                      # 1,000 docs of each corpus, ~8 min
     python benchmarks/bench_embed.py --docs 2000 --options full,static
@@ -25,7 +31,7 @@ import json
 import time
 
 import numpy as np
-from _bench_util import CORPORA, CORPUS_FILES, machine
+from _bench_util import CORPORA, CORPUS_FILES, VECTOR_CACHE, machine
 
 from icp_core import embed, knn, metrics, traverse
 from icp_core.params import DEFAULT_ORDER
@@ -36,22 +42,35 @@ OPTIONS = {
     "full-128": (None, 128),
     "full-64": (None, 64),
     "static": ("static", None),
+    "static-whole": ("static", 1_000_000),  # the static model on whole texts, not 512 tokens
 }
+# "static@FOLDER": any saved model2vec folder (a distil variant, benchmarks/distil_static.py)
+FOLDER_OPTION = "static@"
 
 
-def read_texts(name: str, n: int, seed: int = 0) -> list[str]:
+def option_model(option: str) -> tuple[str | None, int | None]:
+    """(--model, --max-tokens) of an option."""
+    if option.startswith(FOLDER_OPTION):
+        return option.removeprefix(FOLDER_OPTION), None
+    return OPTIONS[option]
+
+
+def read_texts(name: str, n: int, seed: int = 0) -> tuple[list[str], int]:
+    """n random texts of the corpus (all when n is 0), and how many the corpus holds."""
     path = CORPORA / CORPUS_FILES[name]
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt") as handle:
         texts = [json.loads(line)["text"] for line in handle]
+    n_corpus = len(texts)
     if n and n < len(texts):
         pick = np.sort(np.random.default_rng(seed).choice(len(texts), n, replace=False))
         texts = [texts[i] for i in pick]
-    return texts
+    return texts, n_corpus
 
 
 def embed_with(option: str, texts: list[str]) -> tuple[np.ndarray, float, float, float]:
-    model_name, max_tokens = OPTIONS[option]
+    """The option's vectors of texts, wall s and CPU s of embedding them, load s."""
+    model_name, max_tokens = option_model(option)
     started = time.perf_counter()
     model = embed.load_model(str(embed.resolve_model_path(model_name)), "cpu", max_tokens)
     model.encode(texts[:4], batch_size=4)  # first-call set-up off the clock
@@ -74,22 +93,42 @@ def ordering_share(vectors: np.ndarray, reference: np.ndarray, bound: float) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=1000, help="random subset per corpus")
+    parser.add_argument("--docs", type=int, default=1000, help="random subset per corpus; 0: all")
     parser.add_argument("--options", default=",".join(OPTIONS))
     parser.add_argument("--corpus", action="append", choices=sorted(CORPUS_FILES))
+    parser.add_argument("--rate-docs", type=int, default=200, help="see the module docstring")
     args = parser.parse_args()
-    options = args.options.split(",")
+    options = ["full"] + [o for o in args.options.split(",") if o != "full"]
     print(f"machine: {machine()}")
     for name in args.corpus or ["pydocs", "debian"]:
-        texts = read_texts(name, args.docs)
+        texts, n_corpus = read_texts(name, args.docs)
         chars = np.mean([len(t) for t in texts])
         print(f"\n{name}: {len(texts):,} documents (mean {chars:.0f} characters), k = {K}")
+        # the full model's vectors of this subset, from an earlier run
+        cache = VECTOR_CACHE / f"{name}-{len(texts)}-of-{n_corpus}-full.npy"
+        reference = None
+        if cache.exists():
+            reference = np.load(cache)
+            print(f"  the full model's vectors of these documents: {cache}")
         results = {}
-        for option in ["full"] + [o for o in options if o != "full"]:
-            results[option] = embed_with(option, texts)
-            seconds, cpu = results[option][1], results[option][3]
-            print(f"  embedded with {option}: {seconds:.1f} s wall, {cpu:.1f} s CPU", flush=True)
-        reference = results["full"][0]
+        for option in options:
+            # with the full model's vectors cached, its speed is measured on the first
+            # rate_docs texts only
+            sampled = option == "full" and reference is not None
+            measured = texts[: args.rate_docs] if sampled else texts
+            vectors, seconds, loaded, cpu = embed_with(option, measured)
+            if sampled:
+                vectors = reference
+            results[option] = (vectors, len(measured) / seconds, len(measured) / cpu, loaded)
+            print(
+                f"  embedded {len(measured):,} with {option}: {seconds:.1f} s wall, "
+                f"{cpu:.1f} s CPU",
+                flush=True,
+            )
+        if reference is None:
+            reference = results["full"][0]
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.save(cache, reference)
         ids, sims = knn.knn_search(reference, K, index="flat")
         bound = metrics.path_upper_bounds(ids, sims)["two_matching_bound"]
         full_share = ordering_share(reference, reference, bound)
@@ -99,12 +138,10 @@ def main() -> None:
             "| of full's share |"
         )
         print("|---|---|---|---|---|---|---|---|")
-        full_rate = len(texts) / results["full"][1]
-        full_cpu_rate = len(texts) / results["full"][3]
-        for option in ["full"] + [o for o in options if o != "full"]:
-            vectors, seconds, loaded, cpu = results[option]
+        full_rate, full_cpu_rate = results["full"][1], results["full"][2]
+        for option in options:
+            vectors, rate, cpu_rate, loaded = results[option]
             share = ordering_share(vectors, reference, bound)
-            rate, cpu_rate = len(texts) / seconds, len(texts) / cpu
             print(
                 f"| {option} | {rate:,.0f} | {rate / full_rate:.1f}x | {cpu_rate:,.0f} | "
                 f"{cpu_rate / full_cpu_rate:.1f}x | {loaded:.1f} | "

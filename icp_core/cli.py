@@ -58,7 +58,8 @@ VectorsOpt = Annotated[
 KOpt = Annotated[int | None, typer.Option("--k", help="Neighbours per document [10].")]
 IndexOpt = Annotated[str | None, typer.Option(help="auto, flat, ivf or hnsw [auto].")]
 ThresholdOpt = Annotated[
-    float | None, typer.Option(help="Cosine at or above which documents are duplicates [0.95].")
+    float | None,
+    typer.Option(help="Cosine at or above which documents are duplicates [0.95; static 0.98]."),
 ]
 NoDedupOpt = Annotated[bool, typer.Option("--no-dedup", help="Keep near-duplicates.")]
 OrderOpt = Annotated[

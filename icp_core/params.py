@@ -9,6 +9,7 @@ from typing import Any
 
 from icp_core.dedup import DEFAULT_THRESHOLD
 from icp_core.errors import IcpError
+from icp_core.static_embed import STATIC_DEDUP_THRESHOLD, STATIC_MODEL
 
 # greedy-edge max-TSP + local search: the best measured ordering (benchmarks/results/quality.md)
 DEFAULT_ORDER = "greedy-lk"
@@ -27,6 +28,20 @@ _INT_BOUNDS = (
     ("batch_size", 1, MAX_BATCH_SIZE),
     ("max_tokens", 1, 2**20),  # then capped by the model's own limit
 )
+
+
+# `Params(dedup_threshold=DEDUP_BY_MODEL)` (the default): the embedding model's own threshold,
+# filled in when the object is built, so every reader sees a number (or None: no dedup).
+DEDUP_BY_MODEL: Any = "by-model"
+
+
+def default_dedup_threshold(model: str | None, vectors: str | None) -> float:
+    """The dedup threshold for vectors of this model: each model has its own similarity
+    scale, so each has its own measured threshold (BENCHMARKS.md). Imported vectors come
+    from an unknown model and get the general default."""
+    if vectors is None and model == STATIC_MODEL:
+        return STATIC_DEDUP_THRESHOLD
+    return DEFAULT_THRESHOLD
 
 
 def _is_int(value: Any) -> bool:
@@ -53,7 +68,8 @@ class Params:
     vectors: str | None = None  # a .npy/.parquet of precomputed embeddings instead of a model
     k: int = 10
     index: str = "auto"
-    dedup_threshold: float | None = DEFAULT_THRESHOLD  # None: no dedup
+    # None: no dedup; unset: default_dedup_threshold(model, vectors), 0.95 or 0.98 for static
+    dedup_threshold: float | None = DEDUP_BY_MODEL
     order: str = DEFAULT_ORDER
     seed: int = 0
     context_length: int = 8192
@@ -63,15 +79,26 @@ class Params:
     shuffle: bool = True
     label_field: str | None = None  # None: "label" when documents carry one
 
+    def __post_init__(self) -> None:
+        if isinstance(self.dedup_threshold, str) and self.dedup_threshold == DEDUP_BY_MODEL:
+            threshold = default_dedup_threshold(self.model, self.vectors)
+            object.__setattr__(self, "dedup_threshold", threshold)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def updated(self, **changes: Any) -> Params:
-        """A copy with the given fields changed."""
+        """A copy with the given fields changed. A dedup threshold at the current model's
+        default follows the model: switching to `static` moves 0.95 to 0.98 and back (a
+        threshold chosen to equal the old default moves too; pass it again to keep it)."""
         known = {f.name for f in fields(self)}
         unknown = set(changes) - known
         if unknown:
             raise IcpError(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+        if "dedup_threshold" not in changes and self.dedup_threshold == default_dedup_threshold(
+            self.model, self.vectors
+        ):
+            changes["dedup_threshold"] = DEDUP_BY_MODEL
         return replace(self, **changes)
 
     def problems(self) -> dict[str, str]:

@@ -35,6 +35,11 @@ STATIC_PCA_DIMS = 256
 # What the static model's documents are cut to, in tokens (the lookup is cheap per token;
 # long texts average more words, which helps a bag of words).
 STATIC_MAX_TOKENS = 512
+# The static model's cosines run higher than the full model's (a bag of token vectors shares
+# most of its mass between any two texts on one topic): at 0.95 it removed 71 distinct-looking
+# Python-docs sections where the full model removed 7; at 0.98 the pairs it removes are
+# near-verbatim copies (median trigram Jaccard 0.80). benchmarks/dedup_threshold.py, BENCHMARKS.md.
+STATIC_DEDUP_THRESHOLD = 0.98
 
 
 def cache_root() -> Path:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from icp_core import embed, pipeline, stages, static_embed
+from icp_core import cli, embed, export, pipeline, stages, static_embed
+from icp_core.dedup import DEFAULT_THRESHOLD
 from icp_core.params import Params
 from icp_core.workspace import Workspace
+from tests.conftest import TINY_PARAMS
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +75,37 @@ def test_real_distilled_model_puts_related_texts_closer():
     )
     assert vectors.shape[1] == static_embed.STATIC_PCA_DIMS
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.2
+
+
+def test_the_dedup_threshold_defaults_to_the_models_own():
+    assert Params().dedup_threshold == DEFAULT_THRESHOLD
+    assert Params(model="static").dedup_threshold == static_embed.STATIC_DEDUP_THRESHOLD
+    # imported vectors come from a model the tool does not know: the general default
+    assert Params(model="static", vectors="v.npy").dedup_threshold == DEFAULT_THRESHOLD
+    assert Params(model="static", dedup_threshold=0.9).dedup_threshold == 0.9
+    assert Params(model="static", dedup_threshold=None).dedup_threshold is None
+
+
+def test_a_default_threshold_follows_the_model_and_a_chosen_one_stays():
+    stored = Params().to_dict()  # a workspace's settings after a run with the default model
+    static = cli._overlay(stored, model="static")
+    assert static.dedup_threshold == static_embed.STATIC_DEDUP_THRESHOLD
+    back = cli._overlay(static.to_dict(), model=embed.DEFAULT_MODEL)
+    assert back.dedup_threshold == DEFAULT_THRESHOLD
+    chosen = cli._overlay(stored, dedup_threshold=0.9)
+    assert cli._overlay(chosen.to_dict(), model="static").dedup_threshold == 0.9
+    off = cli._overlay(stored, no_dedup=True)
+    assert cli._overlay(off.to_dict(), model="static").dedup_threshold is None
+
+
+def test_the_effective_threshold_is_in_the_dedup_key_run_output_and_manifest(tiny_workspace):
+    dedup_stage = next(stage for stage in pipeline.STAGES if stage.name == "dedup")
+    static = Params(k=4, context_length=64, model="static")
+    with Workspace(tiny_workspace) as ws:
+        key = dedup_stage.key(ws, static)
+        assert key["dedup_threshold"] == static_embed.STATIC_DEDUP_THRESHOLD
+        assert key != dedup_stage.key(ws, static.updated(model=None))
+        outcomes = pipeline.run(ws, TINY_PARAMS.updated(dedup_threshold=0.98), until="dedup")
+        assert outcomes[-1].status == "ran" and outcomes[-1].counts["threshold"] == 0.98
+        resolved = export.resolved_parameters(ws, static)
+    assert resolved["dedup_threshold"] == static_embed.STATIC_DEDUP_THRESHOLD

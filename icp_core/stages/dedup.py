@@ -36,7 +36,8 @@ def run_dedup(ws: Workspace, params: Params, report: Report = _noop) -> dict:
     )
     with ws.transaction():
         ws.replace_table("duplicates", table)
-    return {"duplicates": int(len(removed)), "groups": int(len(np.unique(kept_doc[removed])))}
+    groups = int(len(np.unique(kept_doc[removed])))
+    return {"duplicates": int(len(removed)), "groups": groups, "threshold": params.dedup_threshold}
 
 
 def kept_documents(ws: Workspace, include_order_drops: bool = False) -> np.ndarray:
