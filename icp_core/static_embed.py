@@ -56,11 +56,9 @@ def is_static_folder(path: Path) -> bool:
     return isinstance(config, dict) and config.get("model_type") == "model2vec"
 
 
-def _source_digest(source: Path, pca_dims: int | None, vocabulary: Sequence[str] | None) -> str:
-    from icp_core.embed import model_key
-
+def _source_digest(source_key: str, pca_dims: int | None, vocabulary: Sequence[str] | None) -> str:
     digest = hashlib.blake2b(digest_size=8)
-    digest.update(model_key(str(source), None).encode())
+    digest.update(source_key.encode())
     digest.update(f"pca={pca_dims}".encode())
     if vocabulary:
         digest.update("\n".join(vocabulary).encode())
@@ -69,13 +67,15 @@ def _source_digest(source: Path, pca_dims: int | None, vocabulary: Sequence[str]
 
 def static_model_path(
     source: Path,
+    source_key: str,
     pca_dims: int | None = STATIC_PCA_DIMS,
     vocabulary: Sequence[str] | None = None,
     build: bool = True,
 ) -> Path:
-    """The folder of the static model distilled from `source` (a sentence-transformers folder),
-    distilling it first when it is not cached yet (unless build=False)."""
-    target = cache_root() / f"static-{_source_digest(source, pca_dims, vocabulary)}"
+    """The folder of the static model distilled from `source` (a sentence-transformers folder
+    whose files `source_key` names, `embed.model_key`), distilling it first when it is not
+    cached yet (unless build=False)."""
+    target = cache_root() / f"static-{_source_digest(source_key, pca_dims, vocabulary)}"
     if is_static_folder(target) or not build:
         return target
     distil(source, target, pca_dims, vocabulary)

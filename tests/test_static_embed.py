@@ -60,10 +60,12 @@ def test_the_embed_stage_runs_with_a_static_folder(tiny_jsonl, tmp_path, tiny_st
 def test_static_resolves_to_the_cache_folder_named_by_its_source(tmp_path, monkeypatch):
     monkeypatch.setenv("ICP_CACHE_DIR", str(tmp_path))
     source = embed.resolve_model_path(None)
-    first = static_embed.static_model_path(source, build=False)
+    key = embed.model_key(str(source), None)
+    first = static_embed.static_model_path(source, key, build=False)
     assert first.parent == tmp_path and first.name.startswith("static-")
-    assert static_embed.static_model_path(source, pca_dims=64, build=False) != first
-    assert static_embed.static_model_path(source, vocabulary=["x"], build=False) != first
+    assert static_embed.static_model_path(source, key, pca_dims=64, build=False) != first
+    assert static_embed.static_model_path(source, key, vocabulary=["x"], build=False) != first
+    assert static_embed.static_model_path(source, key + "x", build=False) != first
 
 
 @pytest.mark.slow
