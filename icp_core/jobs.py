@@ -17,7 +17,7 @@ from typing import Any
 from icp_core import pipeline, stages
 from icp_core.errors import IcpError
 from icp_core.params import Params
-from icp_core.stages import Report
+from icp_core.stages._report import Report, _noop
 from icp_core.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,8 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
     Args:
         spec: {"workspace": path, "params": Params dict, "until": last stage,
             "inputs": files to ingest first (optional), "seed_cache": an embedding-cache
-            Parquet whose rows to add first (optional; the bundled sample's), "wait_s":
+            Parquet whose rows to add first (optional; the bundled sample's), "seed_layout": a
+            map Parquet to add to the layout cache first (optional; the sample's), "wait_s":
             seconds to wait for the workspace's write lock (default 60), "evaluate": instead of
             running stages, evaluate every ordering method × pack policy at "params" on the
             stored kept documents and store the result (`evaluate.store`), "status_file": path}.
@@ -116,6 +117,8 @@ def run_job(spec: dict[str, Any]) -> dict[str, Any]:
                     outcomes.append(pipeline.ingest(ws, list(spec["inputs"]), params, reporter))
                 if spec.get("seed_cache"):
                     stages.seed_embedding_cache(ws, Path(spec["seed_cache"]))
+                if spec.get("seed_layout"):
+                    stages.seed_layout_cache(ws, Path(spec["seed_layout"]))
                 until = spec.get("until", "metrics")
                 outcomes += pipeline.run(ws, params, until=until, progress=reporter)
         status["stages"] = [
@@ -149,29 +152,43 @@ def _evaluate(
         evaluate.store(ws, corpus, result)
 
 
-def warm_up() -> None:
+def warm_up(report: Report = _noop, methods: tuple[str, ...] | None = None) -> None:
     """Load the imports and compiled kernels a run needs, on a 4-document graph, so that a
-    worker started ahead of time answers a job without that start-up cost (~1 s here)."""
+    worker started ahead of time answers a job without that start-up cost (~1 s here with
+    numba's cache warm; about 45 CPU-seconds to compile into an empty cache, the ordering
+    methods most of it). `methods`: the ordering methods to compile (default: all).
+    Reports (step, steps) as each part is ready."""
     import tempfile
 
     import numpy as np
 
     from icp_core import dedup, metrics, pack, traverse
 
-    # a scratch workspace loads DuckDB's JSON extension and the pandas conversion stages use
-    with tempfile.TemporaryDirectory() as folder, Workspace(Path(folder) / "warm.duckdb") as ws:
-        ws.arrow("""SELECT json_extract_string('{"label": "x"}', '$.label') AS v""").to_pandas()
-    stages.separator_for(Params())  # loads (and caches) the default tokenizer
+    def load_workspace_extensions() -> None:
+        # a scratch workspace loads DuckDB's JSON extension and the pandas conversion stages use
+        with tempfile.TemporaryDirectory() as folder, Workspace(Path(folder) / "w.duckdb") as ws:
+            ws.arrow("""SELECT json_extract_string('{"label": "x"}', '$.label') AS v""").to_pandas()
 
     ids = np.array([[1, 2], [0, 2], [0, 1], [2, -1]], dtype=np.int64)
     sims = np.array([[0.9, 0.5], [0.9, 0.4], [0.5, 0.4], [0.3, 0.0]], dtype=np.float32)
-    for method in traverse.METHODS:
-        traverse.traverse(ids, sims, method)
-    dedup.find_duplicates(ids, sims, 0.95)
-    dedup.find_near_copies(["alpha beta", "alpha beta", "gamma", "delta"], np.arange(4))
     doc_tokens = np.array([3, 2, 4, 1], dtype=np.int64)
-    packing = pack.pack_contexts(np.arange(4), doc_tokens, 6)
-    vectors = np.eye(4, dtype=np.float32)
-    words = metrics.word_ids(["a b", "b c", "c d", "d e"])
-    labels = np.array(["x", "x", "y", "y"], dtype=object)
-    metrics.packing_terms(packing, vectors, doc_tokens, 6, ids, labels, words)
+
+    def pack_and_measure() -> None:
+        packing = pack.pack_contexts(np.arange(4), doc_tokens, 6)
+        words = metrics.word_ids(["a b", "b c", "c d", "d e"])
+        labels = np.array(["x", "x", "y", "y"], dtype=object)
+        vectors = np.eye(4, dtype=np.float32)
+        metrics.packing_terms(packing, vectors, doc_tokens, 6, ids, labels, words)
+
+    steps = [
+        load_workspace_extensions,
+        lambda: stages.separator_for(Params()),  # loads (and caches) the default tokenizer
+        *(lambda m=m: traverse.traverse(ids, sims, m) for m in methods or traverse.METHODS),
+        lambda: dedup.find_duplicates(ids, sims, 0.95),
+        lambda: dedup.find_near_copies(["a b", "a b", "c", "d"], np.arange(4)),
+        pack_and_measure,
+    ]
+    report(0, len(steps))
+    for done, step in enumerate(steps, start=1):
+        step()
+        report(done, len(steps))

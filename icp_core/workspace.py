@@ -86,6 +86,10 @@ _SCHEMA = [
         ingested_at TIMESTAMP)""",
     """CREATE TABLE IF NOT EXISTS embedding_cache (
         model_key VARCHAR NOT NULL, text_hash VARCHAR NOT NULL, vector FLOAT[] NOT NULL)""",
+    # maps drawn elsewhere (the bundled sample's ships one), keyed by the neighbour lists they
+    # were drawn from: a workspace whose lists match reuses the map instead of running UMAP
+    """CREATE TABLE IF NOT EXISTS layout_cache (
+        graph_key VARCHAR NOT NULL, doc BIGINT NOT NULL, x FLOAT NOT NULL, y FLOAT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS token_cache (
         tokenizer_key VARCHAR NOT NULL, text_hash VARCHAR NOT NULL, n_tokens BIGINT NOT NULL,
         ids UINTEGER[])""",

@@ -1,9 +1,13 @@
 """icp_core.layout and the `layout` stage: a 2-D map from the stored kNN lists."""
 
+import io
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from icp_core import layout, pipeline
+from icp_core import layout, pipeline, stages
 from icp_core.knn import knn_search
 from icp_core.params import Params
 from icp_core.workspace import Workspace
@@ -86,3 +90,61 @@ class TestLayoutStage:
         path = synthetic_workspace(tmp_path, until="metrics")
         with Workspace(path, read_only=True) as ws:
             assert not ws.has_table("layout")
+
+
+class TestLayoutCache:
+    """A map drawn elsewhere from the same neighbour lists (the sample ships one) is reused;
+    any other lists get UMAP's own map."""
+
+    def test_a_seeded_map_of_the_same_lists_is_reused(self, tmp_path):
+        first = synthetic_workspace(tmp_path / "a", until="layout")
+        shipped = tmp_path / "layout.parquet"
+        with Workspace(first, read_only=True) as ws:
+            assert ws.stage_state("layout")["counts"]["map"] == "umap"
+            assert stages.export_layout_cache(ws, shipped) == ws.n_documents()
+            drawn = ws.arrow("SELECT x, y FROM layout ORDER BY doc").to_pandas().to_numpy()
+        second = synthetic_workspace(tmp_path / "b", until="dedup")
+        with Workspace(second) as ws:
+            # a recognisable map, so reuse cannot be mistaken for a fresh UMAP run
+            table = pq.read_table(shipped)
+            table = table.set_column(2, "x", pa.array(np.arange(table.num_rows) * 10.0))
+            pq.write_table(table, shipped)
+            assert stages.seed_layout_cache(ws, shipped) == ws.n_documents()
+            assert stages.seed_layout_cache(ws, shipped) == 0  # a known map is not added twice
+            params = Params.from_dict(ws.load_settings())
+            outcome = {o.stage: o for o in pipeline.run(ws, params, until="layout")}
+            assert outcome["layout"].counts["map"] == "cached"
+            reused = ws.arrow("SELECT x, y FROM layout ORDER BY doc").to_pandas().to_numpy()
+        assert reused[:, 0].tolist() == (np.arange(len(reused)) * 10.0).tolist()
+        assert np.allclose(reused[:, 1], drawn[:, 1])
+
+    def test_a_map_of_other_lists_is_not_used(self, tmp_path):
+        first = synthetic_workspace(tmp_path / "a", until="layout")
+        shipped = tmp_path / "layout.parquet"
+        with Workspace(first, read_only=True) as ws:
+            stages.export_layout_cache(ws, shipped)
+        # other parameters of the kNN search: the lists (and their key) differ
+        other = synthetic_workspace(tmp_path / "b", n_per_topic=11, until="dedup")
+        with Workspace(other) as ws:
+            stages.seed_layout_cache(ws, shipped)
+            params = Params.from_dict(ws.load_settings())
+            outcome = {o.stage: o for o in pipeline.run(ws, params, until="layout")}
+            assert outcome["layout"].counts["map"] == "umap"
+            assert ws.n_documents() == int(ws.scalar("SELECT count(*) FROM layout"))
+
+    def test_the_key_names_the_lists(self):
+        ids = np.array([[1, 2], [0, 2], [0, 1]])
+        assert stages.graph_key(ids) == stages.graph_key(ids.astype(np.int32))
+        assert stages.graph_key(ids) != stages.graph_key(ids[:, ::-1])
+        assert stages.graph_key(ids) != stages.graph_key(ids.reshape(2, 3))
+
+    @pytest.mark.slow
+    def test_the_shipped_sample_map_matches_the_sample(self, tmp_path):
+        """The bundled sample's map is the one its kNN lists give, so the app's first start
+        reuses it (no UMAP): built as `python -m icp_core.sample --prepare` builds it."""
+        from icp_core import sample
+
+        path = tmp_path / "sample.duckdb"
+        sample.prepare(path, out=io.StringIO())
+        with Workspace(path, read_only=True) as ws:
+            assert ws.stage_state("layout")["counts"]["map"] == "cached"

@@ -38,7 +38,13 @@ from icp_core.stages.knn import (
     read_neighbors,
     run_knn,
 )
-from icp_core.stages.layout import layout_resolve, run_layout
+from icp_core.stages.layout import (
+    export_layout_cache,
+    graph_key,
+    layout_resolve,
+    run_layout,
+    seed_layout_cache,
+)
 from icp_core.stages.metrics import (
     compute_metrics,
     latest_metrics,
@@ -76,6 +82,8 @@ __all__ = [
     "knn_records",
     "knn_resolve",
     "latest_metrics",
+    "export_layout_cache",
+    "graph_key",
     "layout_resolve",
     "lm_tokenizer",
     "near_copy_filter",
@@ -96,6 +104,7 @@ __all__ = [
     "run_ingest",
     "run_knn",
     "run_layout",
+    "seed_layout_cache",
     "run_metrics",
     "run_order",
     "run_pack",
