@@ -11,7 +11,7 @@ from app import data, jobs, progress
 from app.words import LABELS, app_words
 from icp_core import explore, pack, tokenizer
 from icp_core.errors import IcpError
-from icp_core.params import Params
+from icp_core.params import Params, default_dedup_threshold
 from icp_core.traverse import METHODS
 
 UPLOAD_LIMIT_MB = 50
@@ -89,7 +89,9 @@ def _reset_widgets(p: Params) -> None:
         k=p.k,
         order=p.order,
         dedup=p.dedup_threshold is not None,
-        dedup_threshold=p.dedup_threshold if p.dedup_threshold is not None else 0.95,
+        dedup_threshold=p.dedup_threshold
+        if p.dedup_threshold is not None
+        else default_dedup_threshold(p.model, p.vectors),
         context_length=p.context_length,
         pack=p.pack,
         tokenizer=p.tokenizer or "",
