@@ -9,12 +9,12 @@ shards so that no process holds the whole index, the driver least of all.
    a copy of the trained index and writes three files: the index, the shard's float vectors
    and each document's IVF list (rows = doc - the shard's first doc). An exact (`flat`) run
    writes a flat index instead and needs no re-ranking.
-3. One task per block assigns its queries' lists once, searches every shard (memory-mapped, so
-   the tasks of a node share one copy), re-ranks each shard's candidates exactly from that
-   shard's vectors (`knn.rerank`) and merges the shards' best (ties to the lower doc, as the
-   local search breaks them). Results stay in the object store, keyed by doc; the driver gets
-   per block the near-duplicate pairs and the kNN edge counts between IVF lists (the order
-   stage's partitions group lists that share many edges).
+3. One task per block assigns its queries' lists once and searches every shard (memory-mapped,
+   so the tasks of a node share one copy); as in the local search, the 6 x (k + 1) best
+   candidates by the codes, now merged over all shards, are re-ranked exactly (`knn.rerank`)
+   from the shards' float vectors, ties to the lower doc. Results stay in the object store,
+   keyed by doc; the driver gets per block the near-duplicate pairs and the kNN edge counts
+   between IVF lists (the order stage's partitions group lists that share many edges).
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ from icp_core.errors import IcpError
 from icp_core.params import Params
 
 _QUERY_BATCH = 8192
+_RERANK_BATCH = 1024  # queries whose candidates' vectors are read at once (<= 200k rows)
 
 
 @dataclass
@@ -146,33 +147,68 @@ def _merge_top(ids: np.ndarray, sims: np.ndarray, keep: int) -> tuple[np.ndarray
     return np.take_along_axis(ids, pick, axis=1), np.take_along_axis(sims, pick, axis=1)
 
 
-def _search_shard(
-    shard: str, first_doc: int, vectors: np.ndarray, probes: tuple, n_probe: int, searched: int
+def _shard_candidates(
+    shard: str, vectors: np.ndarray, probes: tuple, n_probe: int, n_candidates: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One shard's best `searched` docs for each query (exact similarities, -inf = none)."""
+    """One shard's best `n_candidates` docs for each query by the index's own scores (the PQ
+    codes' estimates in an IVF shard, exact in a flat one), -inf where there is none."""
     import faiss
 
     index = faiss.read_index(shard, faiss.IO_FLAG_MMAP)
-    is_ivf = isinstance(index, faiss.IndexIVF)
-    base = np.load(shard + ".vectors.npy", mmap_mode="r") if is_ivf else None
-    candidates = min(searched * knn.RERANK_FACTOR, index.ntotal) if is_ivf else searched
-    ids = np.full((len(vectors), searched), -1, dtype=np.int64)
-    sims = np.full((len(vectors), searched), -np.inf, dtype=np.float32)
+    ids = np.empty((len(vectors), n_candidates), dtype=np.int64)
+    sims = np.empty((len(vectors), n_candidates), dtype=np.float32)
     for lo in range(0, len(vectors), _QUERY_BATCH):
         hi = min(lo + _QUERY_BATCH, len(vectors))
-        if is_ivf:
+        if isinstance(index, faiss.IndexIVF):
             index.nprobe = n_probe
-            _, found = index.search_preassigned(
-                vectors[lo:hi], candidates, probes[1][lo:hi], probes[0][lo:hi]
+            sims[lo:hi], ids[lo:hi] = index.search_preassigned(
+                vectors[lo:hi], n_candidates, probes[1][lo:hi], probes[0][lo:hi]
             )
-            rows = np.where(found >= 0, found - first_doc, -1)
-            pick, exact = knn.rerank(vectors[lo:hi], rows, base, min(searched, candidates))
-            found = np.take_along_axis(found, pick, axis=1)
         else:
-            exact, found = index.search(vectors[lo:hi], searched)
-        width = found.shape[1]
-        ids[lo:hi, :width] = found
-        sims[lo:hi, :width] = np.where(found >= 0, exact, -np.inf)
+            sims[lo:hi], ids[lo:hi] = index.search(vectors[lo:hi], n_candidates)
+    sims[ids < 0] = -np.inf
+    return ids, sims
+
+
+class _ShardRows:
+    """The shards' per-document files (`path`.vectors.npy, `path`.lists.npy), memory-mapped,
+    read by doc."""
+
+    def __init__(self, shards: list[tuple[str, int]]):
+        self.firsts = np.asarray([first for _, first in shards], dtype=np.int64)
+        self.files = {
+            name: [np.load(f"{path}.{name}.npy", mmap_mode="r") for path, _ in shards]
+            for name in ("vectors", "lists")
+        }
+
+    def read(self, name: str, docs: np.ndarray) -> np.ndarray:
+        """File `name`'s rows of `docs` (every doc >= 0)."""
+        files = self.files[name]
+        shard = np.searchsorted(self.firsts, docs, side="right") - 1
+        rows = np.empty((len(docs), *files[0].shape[1:]), dtype=files[0].dtype)
+        for s in np.unique(shard).tolist():
+            mine = shard == s
+            rows[mine] = files[s][docs[mine] - self.firsts[s]]
+        return rows
+
+
+def _rerank(
+    vectors: np.ndarray, candidates: np.ndarray, shard_rows: _ShardRows, keep: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`knn.rerank` of the candidates (docs, -1 = none) merged over every shard, with their
+    vectors read from the shards' files: the best `keep` docs and exact similarities."""
+    ids = np.empty((len(vectors), keep), dtype=np.int64)
+    sims = np.empty((len(vectors), keep), dtype=np.float32)
+    for lo in range(0, len(vectors), _RERANK_BATCH):
+        block = candidates[lo : lo + _RERANK_BATCH]
+        valid = block >= 0
+        needed, local = np.unique(block[valid], return_inverse=True)
+        rows = np.full(block.shape, -1, dtype=np.int64)
+        rows[valid] = local
+        base = shard_rows.read("vectors", needed)
+        pick, exact = knn.rerank(vectors[lo : lo + len(block)], rows, base, keep)
+        ids[lo : lo + len(block)] = np.take_along_axis(block, pick, axis=1)
+        sims[lo : lo + len(block)] = exact
     return ids, sims
 
 
@@ -180,6 +216,7 @@ def _search_shard(
 def _search_task(
     shards: list[tuple[str, int]],
     trained: np.ndarray,
+    rerank: bool,
     n_probe: int,
     n_docs: int,
     directory: str,
@@ -207,19 +244,23 @@ def _search_task(
     sims = np.zeros((len(doc), k_max), dtype=np.float32)
     lists = np.full((len(doc), k_max), -1, dtype=np.int64)
     if n_docs > 1:
-        top_ids = np.full((len(doc), searched), -1, dtype=np.int64)
-        top_sims = np.full((len(doc), searched), -np.inf, dtype=np.float32)
-        doc_list = {}
-        for shard, first_doc in shards:
-            found, found_sims = _search_shard(shard, first_doc, vectors, probes, n_probe, searched)
+        # the local search's candidates: the best by the codes over all shards, then exact
+        n_candidates = min(searched * knn.RERANK_FACTOR if rerank else searched, n_docs)
+        top_ids = np.full((len(doc), n_candidates), -1, dtype=np.int64)
+        top_sims = np.full((len(doc), n_candidates), -np.inf, dtype=np.float32)
+        for shard, _ in shards:
+            found, found_sims = _shard_candidates(shard, vectors, probes, n_probe, n_candidates)
             top_ids, top_sims = _merge_top(
-                np.hstack([top_ids, found]), np.hstack([top_sims, found_sims]), searched
+                np.hstack([top_ids, found]), np.hstack([top_sims, found_sims]), n_candidates
             )
-            doc_list[first_doc] = np.load(shard + ".lists.npy", mmap_mode="r")
-        kept_docs, kept_sims = knn.drop_self(top_ids, top_sims, doc)
+        shard_rows = _ShardRows(shards)
+        if rerank:
+            top_ids, top_sims = _rerank(vectors, top_ids, shard_rows, searched)
+        kept_docs, kept_sims = knn.drop_self(top_ids[:, :searched], top_sims[:, :searched], doc)
         ids[:, : searched - 1] = kept_docs
         sims[:, : searched - 1] = kept_sims
-        lists[:, : searched - 1] = _lists_of(kept_docs, doc_list)
+        valid = kept_docs >= 0
+        lists[:, : searched - 1][valid] = shard_rows.read("lists", kept_docs[valid])
     sims[ids < 0] = 0.0
     content = block_content(pieces, start, stop)
     table = pa.table(
@@ -253,21 +294,6 @@ def _search_task(
         "dup_sim": head_sims[rows, cols],
     }
     return table, summary
-
-
-def _lists_of(docs: np.ndarray, doc_list: dict[int, np.ndarray]) -> np.ndarray:
-    """The IVF list of each doc (-1 where doc is -1), from the shards' list files (keyed by
-    their first doc)."""
-    firsts = np.asarray(sorted(doc_list), dtype=np.int64)
-    lists = np.full(docs.shape, -1, dtype=np.int64)
-    valid = docs >= 0
-    shard = np.searchsorted(firsts, docs[valid], side="right") - 1
-    found = np.empty(len(shard), dtype=np.int64)
-    for s, first in enumerate(firsts.tolist()):
-        mine = shard == s
-        found[mine] = doc_list[first][docs[valid][mine] - first]
-    lists[valid] = found
-    return lists
 
 
 def _shard_groups(blocks: list[tuple[int, int]], shard_docs: int) -> list[list[int]]:
@@ -335,6 +361,7 @@ def knn_stage(
         _search_task.remote(
             shards,
             trained_ref,
+            kind == "ivf",
             n_probe,
             n_docs,
             str(directory),
