@@ -779,11 +779,23 @@ def resolve_parameters(
 
 
 def _stage_summaries(ws: Workspace) -> list[dict[str, Any]]:
-    """Each stage's last counts and when it ran (the local counterpart of Ray's stage list)."""
+    """Each stage's last counts and the seconds its current result took (the same entries as
+    the Ray engine's stage list; seconds None where the stage never ran)."""
     summaries = []
     for stage in ("ingest", "embed", "knn", "dedup", "order", "pack", "metrics"):
         state = ws.stage_state(stage) or {}
-        summaries.append({"stage": stage, "counts": state.get("counts")})
+        seconds = ws.one(
+            "SELECT seconds FROM stage_runs WHERE stage = ? AND status = 'ran' "
+            "AND fingerprint = ? ORDER BY ended_at DESC LIMIT 1",
+            [stage, state.get("fingerprint")],
+        )
+        summaries.append(
+            {
+                "stage": stage,
+                "seconds": round(seconds[0], 3) if seconds else None,
+                "counts": state.get("counts"),
+            }
+        )
     return summaries
 
 

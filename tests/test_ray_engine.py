@@ -183,6 +183,10 @@ class TestSampleSubset:
         local = json.loads((local_out / "manifest.json").read_text())
         assert set(manifest) == set(local) and manifest["schema_version"] == 2
         assert set(manifest["parameters"]) == set(local["parameters"])
+        for entries in (manifest["run"]["stages"], local["run"]["stages"]):
+            assert [e["stage"] for e in entries] == list(pipeline.STAGE_NAMES[:7])
+            assert all(set(e) == {"stage", "seconds", "counts"} for e in entries)
+            assert all(e["seconds"] is not None for e in entries)
         assert manifest["tokenizer"] == local["tokenizer"]
         assert manifest["parameters"]["index"] in ("flat", "ivf")
         for name, entry in manifest["files"].items():
