@@ -14,12 +14,14 @@ run starts, so writing the inputs does not count: the driver's own, and each Ray
 started under it (workers, raylet, GCS), sampled every second. The object store's shared memory
 counts in the RSS of every process that maps it, so the workers' figures overlap.
 
-The local engine is measured at `--local-docs` documents (0: skipped) in a child process; its
-2M figure is then the estimate N x (4 d + 12 k_max + the index's d + 1 per dimension of the
-8-bit codes) plus what it held at the measured size beyond that.
+The local engine is measured at `--local-docs` documents (0: skipped) in a child process,
+after the Ray run (so the Ray figures are in even if the local run is stopped); at another size
+than `--docs` its figure there is the estimate N x (4 d + 48 + 12 k_max) bytes (vectors, the
+IVF index's 4-bit PQ codes, kNN lists) plus what it held at the measured size beyond that.
 
 Run (2 shared cores; 2M documents take tens of minutes, most of it the search):
-    PYTHONPATH=. python benchmarks/bench_ray_scale.py --docs 2000000 --work /tmp/ray_scale
+    PYTHONPATH=. python benchmarks/bench_ray_scale.py --docs 2000000 --local-docs 1000000 \
+        --partitions 4 --work /tmp/ray_scale
 """
 
 from __future__ import annotations
@@ -124,14 +126,16 @@ class PeakWatcher:
         self._thread.join()
 
 
-def run_ray(corpus: Path, vectors: Path, out: Path, cpus: int, k: int) -> dict:
+def run_ray(
+    corpus: Path, vectors: Path, out: Path, cpus: int, k: int, partitions: int | None
+) -> dict:
     import ray
 
     from icp_core.distributed import ray_engine
     from icp_core.params import Params
 
     params = Params(k=k, vectors=str(vectors), context_length=2048)
-    options = ray_engine.RayOptions()
+    options = ray_engine.RayOptions(partitions=partitions)
     ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR")
     reset_peak()
     started = time.time()
@@ -163,12 +167,14 @@ def run_local_child(corpus: Path, vectors: Path, n_docs: int, k: int, folder: Pa
     """The local engine on the first n_docs documents, in a child process: its peak RSS."""
     import numpy as np
 
-    small_vectors = folder / f"local-vectors-{n_docs}.npy"
-    small_corpus = folder / f"local-corpus-{n_docs}.jsonl"
-    np.save(small_vectors, np.load(vectors, mmap_mode="r")[:n_docs])
-    with open(corpus) as src, open(small_corpus, "w") as dst:
-        for _, line in zip(range(n_docs), src, strict=False):
-            dst.write(line)
+    small_vectors, small_corpus = vectors, corpus
+    if n_docs < len(np.load(vectors, mmap_mode="r")):
+        small_vectors = folder / f"local-vectors-{n_docs}.npy"
+        small_corpus = folder / f"local-corpus-{n_docs}.jsonl"
+        np.save(small_vectors, np.load(vectors, mmap_mode="r")[:n_docs])
+        with open(corpus) as src, open(small_corpus, "w") as dst:
+            for _, line in zip(range(n_docs), src, strict=False):
+                dst.write(line)
     # the child's ru_maxrss would include this process's RSS at the fork: read its own VmHWM,
     # reset when it starts
     code = f"""
@@ -195,9 +201,10 @@ print(int(hwm[0].split()[1]) * 1024, time.time() - started)
 
 
 def local_estimate(n_docs: int, dim: int, k_max: int, measured: dict | None) -> float:
-    """What the local engine holds at n_docs: vectors (4 d), 8-bit IVF codes (d), kNN lists
-    (12 k_max bytes) per document, plus the measured run's memory beyond those."""
-    per_doc = 4 * dim + dim + 12 * k_max
+    """What the local engine holds at n_docs: vectors (4 d), 4-bit PQ codes (48 bytes at
+    384-d), kNN lists (12 k_max bytes) per document, plus the measured run's memory beyond
+    those."""
+    per_doc = 4 * dim + dim // 8 + 12 * k_max
     base = 0.0
     if measured:
         base = max(0.0, measured["peak_gb"] - measured["docs"] * per_doc / GB)
@@ -212,30 +219,29 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--local-docs", type=int, default=0)
+    parser.add_argument("--partitions", type=int, default=None, help="P [one per 2M kept docs]")
     parser.add_argument("--work", type=Path, default=Path("/tmp/ray_scale"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     corpus, vectors = write_inputs(args.work, args.docs, args.dim, args.clusters, args.seed)
+    print(f"load average before: {os.getloadavg()}", flush=True)
+    ray_result = run_ray(corpus, vectors, args.work / "out", args.cpus, args.k, args.partitions)
+    print(json.dumps({"ray": ray_result}, indent=2), flush=True)
     local = None
     if args.local_docs:
         local = run_local_child(corpus, vectors, args.local_docs, args.k, args.work)
-    ray_result = run_ray(corpus, vectors, args.work / "out", args.cpus, args.k)
+        print(json.dumps({"local_measured": local}, indent=2), flush=True)
     k_max = ray_result["knn"]["k_max"]
-    report = {
-        "docs": args.docs,
-        "dim": args.dim,
-        "ray": ray_result,
-        "local_measured": local,
-        "local_estimate_gb": round(local_estimate(args.docs, args.dim, k_max, local), 2),
-    }
-    print(json.dumps(report, indent=2))
-    measured = f"measured {local['peak_gb']:.2f} GB at {local['docs']:,} docs, " if local else ""
+    estimate = round(local_estimate(args.docs, args.dim, k_max, local), 2)
+    print(f"load average after: {os.getloadavg()}")
+    measured = f"measured {local['peak_gb']:.2f} GB at {local['docs']:,} docs" if local else ""
+    if not local or local["docs"] != args.docs:
+        measured += f"{', ' if local else ''}estimated {estimate:.2f} GB at {args.docs:,}"
     print(
         f"\n{args.docs:,} docs x {args.dim}-d: driver peak {ray_result['driver_peak_gb']:.2f} GB, "
         f"largest worker {ray_result['worker_peak_gb_max']:.2f} GB "
         f"({ray_result['worker_processes']} worker processes), local engine {measured}"
-        f"estimated {report['local_estimate_gb']:.2f} GB at {args.docs:,}"
     )
 
 

@@ -109,3 +109,41 @@ def near_copy_filter(
         * len(dropped),
     }
     return order[~drop], drops
+
+
+def duplicates_among_pairs(
+    first: np.ndarray, second: np.ndarray, sims: np.ndarray, threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """`find_duplicates` over only the documents that occur in a pair, for a corpus too large
+    to hold every document's list (the Ray engine gathers just the pairs at or above the
+    threshold from its search tasks).
+
+    Args:
+        first, second: (P,) int64 documents: `first` lists `second` among its neighbours.
+        sims: (P,) float32 their similarity.
+
+    Returns:
+        doc, kept_doc: (R,) int64 the removed documents (ascending) and the one each copies,
+        as `find_duplicates` would remove them from the whole graph.
+
+    >>> duplicates_among_pairs(np.array([7, 9]), np.array([3, 7]), np.array([0.99, 0.97]), 0.95)
+    (array([7, 9]), array([3, 3]))
+    """
+    first = np.asarray(first, dtype=np.int64)
+    second = np.asarray(second, dtype=np.int64)
+    none = np.zeros(0, dtype=np.int64)
+    if not len(first):
+        return none, none
+    involved = np.unique(np.concatenate([first, second]))
+    row = np.searchsorted(involved, first)
+    by_row = np.argsort(row, kind="stable")
+    row, column_doc = row[by_row], np.searchsorted(involved, second)[by_row]
+    row_start = np.searchsorted(row, np.arange(len(involved)))
+    column = np.arange(len(row)) - row_start[row]
+    sub_ids = np.full((len(involved), int(column.max()) + 1), -1, dtype=np.int64)
+    sub_sims = np.zeros(sub_ids.shape, dtype=np.float32)
+    sub_ids[row, column] = column_doc
+    sub_sims[row, column] = np.asarray(sims, dtype=np.float32)[by_row]
+    keeper = involved[find_duplicates(sub_ids, sub_sims, threshold)]
+    moved = keeper != involved
+    return involved[moved], keeper[moved]

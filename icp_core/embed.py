@@ -309,32 +309,57 @@ def read_vectors_file(path: str | Path, doc_ids: np.ndarray) -> np.ndarray:
     Raises:
         IcpError: wrong row count, unknown or missing ids, ragged or non-finite vectors.
     """
+    path = check_vectors_file(path, len(doc_ids))
+    if path.suffix == ".npy":
+        vectors = np.asarray(np.load(path, mmap_mode="r"), dtype=np.float32)
+    else:
+        vectors = _read_vectors_parquet(path, doc_ids)
+    return finite_unit_rows(vectors, path, lambda row: f"document '{doc_ids[row]}'")
+
+
+def check_vectors_file(path: str | Path, n_docs: int) -> Path:
+    """`path` when it is a vectors file `read_vectors_file` takes for n_docs documents (an
+    .npy's shape is checked here; a Parquet file's ids when it is read).
+
+    Raises:
+        IcpError: no such file, another suffix, not a numeric .npy, or an .npy of another
+            shape than (n_docs, d).
+    """
     path = Path(path)
     if not path.exists():
         raise IcpError(f"{path}: no such vectors file; pass --vectors with a .parquet or .npy file")
     if path.suffix == ".npy":
         try:
-            vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+            shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
         except ValueError as err:
             raise IcpError(f"{path}: not a numeric .npy array ({err})") from None
-        if vectors.ndim != 2 or vectors.shape[0] != len(doc_ids):
-            raise IcpError(
-                f"{path}: shape {vectors.shape}, expected ({len(doc_ids)}, d) rows in ingest order"
-            )
-        vectors = np.asarray(vectors, dtype=np.float32)
-    elif path.suffix in (".parquet", ".pq"):
-        vectors = _read_vectors_parquet(path, doc_ids)
-    else:
+        if len(shape) != 2 or shape[0] != n_docs:
+            raise IcpError(f"{path}: shape {shape}, expected ({n_docs}, d) rows in ingest order")
+    elif path.suffix not in (".parquet", ".pq"):
         raise IcpError(
             f"{path}: vectors must be .npy (rows in ingest order) or .parquet (id + vector)"
         )
+    return path
+
+
+def read_vector_rows(path: str | Path, start: int, stop: int) -> np.ndarray:
+    """Rows start .. stop - 1 of a checked .npy vectors file (`check_vectors_file`), finite
+    and L2-normalised: one block of a file too large to read at once."""
+    vectors = np.asarray(np.load(path, mmap_mode="r")[start:stop], dtype=np.float32)
+    return finite_unit_rows(vectors, Path(path), lambda row: f"row {start + row}")
+
+
+def finite_unit_rows(vectors: np.ndarray, path: Path, name_row: Callable[[int], str]) -> np.ndarray:
+    """`vectors` L2-normalised, after checking every value is finite.
+
+    Raises:
+        IcpError: some rows hold NaN or inf (naming how many, and the first by `name_row`).
+    """
     bad = ~np.isfinite(vectors).all(axis=1)
     if bad.any():
-        first = int(np.argmax(bad))
         raise IcpError(
             f"{path}: {int(bad.sum())} vectors hold NaN or inf "
-            f"(first: document '{doc_ids[first]}'); "
-            "fix or re-export them"
+            f"(first: {name_row(int(np.argmax(bad)))}); fix or re-export them"
         )
     return normalize_rows(vectors)
 
@@ -375,4 +400,3 @@ def _read_vectors_parquet(path: Path, doc_ids: np.ndarray) -> np.ndarray:
             "the file must cover every ingested id"
         )
     return given[[position[doc_id] for doc_id in doc_ids]]
-

@@ -46,6 +46,7 @@ import pyarrow as pa
 from icp_core import _kernels, manifest, stages, tokenizer
 from icp_core.errors import IcpError, NoSpace
 from icp_core.faults import crash_point
+from icp_core.pack import Packing
 from icp_core.params import Params
 from icp_core.tokenizer import LMTokenizer
 from icp_core.workspace import Workspace
@@ -124,8 +125,8 @@ def context_rows(
     lm: LMTokenizer,
     sep_ids: np.ndarray,
     pieces: dict[str, np.ndarray],
-    piece_token_ids: np.ndarray,
-    piece_token_offsets: np.ndarray,
+    token_ids: np.ndarray,
+    first_token: np.ndarray,
     texts: list[str | None],
     split_texts: dict[int, str],
     ids: pa.Array,
@@ -135,8 +136,7 @@ def context_rows(
     Args:
         pieces: (P,) arrays per piece: context, doc, start, end, sep (see `pack.Packing`) and
             n_tokens (its document's token count).
-        piece_token_ids, piece_token_offsets: the document tokens [start, end) of piece p are
-            piece_token_ids[piece_token_offsets[p]:piece_token_offsets[p + 1]].
+        token_ids, first_token: see `piece_tokens`.
         texts, split_texts: see `piece_char_spans`; ids: per piece, its document's input id.
     """
     context, docs, start, end, sep = (
@@ -169,7 +169,7 @@ def context_rows(
         )
     ]
     piece_lengths = end - start + sep
-    tokens = piece_tokens(piece_token_ids, piece_token_offsets, start, end, sep, sep_ids)
+    tokens = piece_tokens(token_ids, first_token, start, end, sep, sep_ids)
     firsts = np.flatnonzero(np.diff(context, prepend=-1))
     bounds = [*firsts.tolist(), len(parts)]
     piece_offsets = pa.array(bounds, pa.int32())
@@ -245,21 +245,25 @@ def _split_texts(ws: Workspace, table: pa.Table) -> dict[int, str]:
 
 
 def piece_tokens(
-    piece_token_ids: np.ndarray,
-    piece_token_offsets: np.ndarray,
+    token_ids: np.ndarray,
+    first_token: np.ndarray,
     start: np.ndarray,
     end: np.ndarray,
     sep: np.ndarray,
     sep_ids: np.ndarray,
 ) -> np.ndarray:
     """(sum of piece lengths,) int32: each piece's document tokens then its separator part,
-    pieces back to back. Piece p's document tokens [start, end) are
-    piece_token_ids[piece_token_offsets[p]:piece_token_offsets[p + 1]]."""
+    pieces back to back.
+
+    Args:
+        token_ids: flat token ids holding the pieces' tokens: piece p's document tokens
+            [start, end) are token_ids[first_token[p] + start[p]:first_token[p] + end[p]]
+            (first_token: where its document's token 0 is, or would be for a slice).
+    """
     tokens = np.empty(int((end - start + sep).sum()), dtype=np.int32)
-    # the kernel indexes a document's tokens from its offset; a piece's tokens start at `start`
     _kernels.write_piece_tokens(
-        piece_token_ids.astype(np.int64, copy=False),
-        piece_token_offsets[:-1] - start,
+        token_ids.astype(np.int64, copy=False),
+        np.asarray(first_token, dtype=np.int64),
         np.arange(len(start), dtype=np.int64),
         start,
         end,
@@ -269,6 +273,34 @@ def piece_tokens(
         0,
     )
     return tokens
+
+
+def packing_rows(
+    lm: LMTokenizer,
+    sep_ids: np.ndarray,
+    packing: Packing,
+    token_ids: np.ndarray,
+    token_offsets: np.ndarray,
+    texts: list[str],
+    ids: np.ndarray,
+) -> pa.Table:
+    """`context_rows` of a packing whose documents are all in memory (indexed by doc):
+    document d's tokens are token_ids[token_offsets[d]:token_offsets[d + 1]], its text
+    texts[d], its input id ids[d]. The Ray engine renders each partition this way."""
+    docs = packing.doc
+    pieces = {"context": packing.context, "doc": docs, "start": packing.start}
+    pieces.update(end=packing.end, sep=packing.sep, n_tokens=np.diff(token_offsets)[docs])
+    unique, n_pieces = np.unique(docs, return_counts=True)
+    return context_rows(
+        lm,
+        sep_ids,
+        pieces,
+        token_ids,
+        token_offsets[docs],
+        [texts[d] for d in docs.tolist()],
+        {d: texts[d] for d in unique[n_pieces > 1].tolist()},
+        pa.array(ids[docs].tolist(), pa.string()),
+    )
 
 
 @dataclass(frozen=True)
@@ -335,7 +367,7 @@ def _context_tables(ws: Workspace, plan: ExportPlan, report: Report) -> Iterator
             plan.sep_ids,
             arrays,
             arrays["ids"],
-            arrays["id_offsets"],
+            arrays["id_offsets"][:-1] - arrays["start"],
             table.column("text").to_pylist(),
             _split_texts(ws, table),
             table.column("id").combine_chunks(),
@@ -444,9 +476,8 @@ def _write_tokens(ws: Workspace, plan: ExportPlan, folder: Path, report: Report)
         for table in _pieces(ws, plan.lm.key, plan.n_contexts):
             arrays = _piece_arrays(table)
             start, end, sep = arrays["start"], arrays["end"], arrays["sep"]
-            tokens = piece_tokens(
-                arrays["ids"], arrays["id_offsets"], start, end, sep, plan.sep_ids
-            )
+            first_token = arrays["id_offsets"][:-1] - start
+            tokens = piece_tokens(arrays["ids"], first_token, start, end, sep, plan.sep_ids)
             context = arrays["context"]
             piece_lengths = end - start + sep
             # a piece's place: its context's offset plus the tokens before it in the context
@@ -493,7 +524,12 @@ def _write_removed(ws: Workspace, folder: Path) -> None:
            JOIN documents d ON d.doc = r.doc JOIN documents k ON k.doc = r.kept_doc
            ORDER BY r.doc"""
     )
-    rejects = ws.arrow("SELECT source, line, id, reason, raw FROM rejects")
+    write_removed(folder, duplicates, ws.arrow("SELECT source, line, id, reason, raw FROM rejects"))
+
+
+def write_removed(folder: Path, duplicates: pa.Table, rejects: pa.Table) -> None:
+    """`removed/` of an export folder: `duplicates.jsonl` (id, kept_id, sim, reason: removed
+    documents, by document number) and `rejects.jsonl` (source, line, id, reason, raw)."""
     (folder / REMOVED_FOLDER).mkdir()
     for table, name in ((duplicates, "duplicates.jsonl"), (rejects, "rejects.jsonl")):
         with open(folder / REMOVED_FOLDER / name, "wb") as handle:
@@ -720,11 +756,19 @@ def export_contexts(
 
 
 def resolved_parameters(ws: Workspace, params: Params) -> dict[str, Any]:
-    """The parameters as they ran: `auto` device and index replaced by what the stages used,
-    the tokenizer by its name, the embedding length by the model's limit."""
-    resolved = params.to_dict()
+    """`resolve_parameters` with the counts the workspace's embed and kNN stages stored."""
     embed_counts = (ws.stage_state("embed") or {}).get("counts") or {}
     knn_counts = (ws.stage_state("knn") or {}).get("counts") or {}
+    return resolve_parameters(params, embed_counts, knn_counts)
+
+
+def resolve_parameters(
+    params: Params, embed_counts: dict[str, Any], knn_counts: dict[str, Any]
+) -> dict[str, Any]:
+    """The parameters as they ran (the manifest's `parameters`, either engine): `auto` device
+    and index replaced by what the embed and kNN stages counted, the tokenizer by its name,
+    the embedding length by the model's limit, the model and vectors paths absolute."""
+    resolved = params.to_dict()
     # the device that embedded; None when no model ran (imported or cached vectors)
     resolved["device"] = None if params.vectors else embed_counts.get("device")
     resolved["index"] = knn_counts.get("index") or params.index
@@ -739,11 +783,23 @@ def resolved_parameters(ws: Workspace, params: Params) -> dict[str, Any]:
 
 
 def _stage_summaries(ws: Workspace) -> list[dict[str, Any]]:
-    """Each stage's last counts and when it ran (the local counterpart of Ray's stage list)."""
+    """Each stage's last counts and the seconds its current result took (the same entries as
+    the Ray engine's stage list; seconds None where the stage never ran)."""
     summaries = []
     for stage in ("ingest", "embed", "knn", "dedup", "order", "pack", "metrics"):
         state = ws.stage_state(stage) or {}
-        summaries.append({"stage": stage, "counts": state.get("counts")})
+        seconds = ws.one(
+            "SELECT seconds FROM stage_runs WHERE stage = ? AND status = 'ran' "
+            "AND fingerprint = ? ORDER BY ended_at DESC LIMIT 1",
+            [stage, state.get("fingerprint")],
+        )
+        summaries.append(
+            {
+                "stage": stage,
+                "seconds": round(seconds[0], 3) if seconds else None,
+                "counts": state.get("counts"),
+            }
+        )
     return summaries
 
 

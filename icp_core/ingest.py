@@ -127,6 +127,50 @@ class ParsedSource:
         self.files.append(ref.source)
 
 
+def rejects_table(source: str, rejects: Sequence[Reject]) -> Any:
+    """The `rejects` table's rows (source, line, id, reason, raw) as Arrow: a reject's own
+    file when it has one (a file in a folder), else `source`."""
+    import pyarrow as pa
+
+    return pa.table(
+        {
+            "source": pa.array([r.file or source for r in rejects], pa.string()),
+            "line": pa.array([r.line for r in rejects], pa.int64()),
+            "id": pa.array([r.id for r in rejects], pa.string()),
+            "reason": pa.array([r.reason for r in rejects], pa.string()),
+            "raw": pa.array([r.raw for r in rejects], pa.string()),
+        }
+    )
+
+
+def repeated_ids(ids: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Rows whose id an earlier row holds (in order), and for each the first row with it.
+
+    >>> repeated_ids(["a", "b", "a", "a"])
+    ([2, 3], [0, 0])
+    """
+    first_row: dict[str, int] = {}
+    rows, firsts = [], []
+    for row, doc_id in enumerate(ids):
+        first = first_row.setdefault(doc_id, row)
+        if first != row:
+            rows.append(row)
+            firsts.append(first)
+    return rows, firsts
+
+
+def label_values(metas: Sequence[str | None], label_field: str) -> list[str | None]:
+    """Each row's `label_field` as DuckDB's json_extract_string gives it from the stored meta
+    (strings bare, other values as JSON, None where absent)."""
+    labels: list[str | None] = []
+    for meta in metas:
+        value = orjson.loads(meta).get(label_field) if meta else None
+        labels.append(
+            value if value is None or isinstance(value, str) else orjson.dumps(value).decode()
+        )
+    return labels
+
+
 # ---------------------------------------------------------------------------------------------
 # paths: formats, regular files, folders, fingerprints
 # ---------------------------------------------------------------------------------------------

@@ -102,21 +102,27 @@ def _build_index(vectors: np.ndarray, kind: str) -> Any:
     return index
 
 
-def _build_ivf(vectors: np.ndarray, seed: int) -> Any:
-    """An IVF index of 4-bit fast-scan PQ codes (by residual) over `vectors`."""
+def new_ivf_index(dim: int, lists: int) -> Any:
+    """An untrained `ivf` index: `lists` coarse lists, 4-bit fast-scan PQ codes by residual,
+    with the k-means settings of `ivf_settings` (train it on `train_points` vectors)."""
     import faiss
 
-    n_docs, dim = vectors.shape
-    settings = ivf_settings(n_docs, dim)
-    quantizer = faiss.IndexFlatIP(dim)
     # 4 dimensions per 4-bit code at 384 (96 codes, 48 bytes); 2 below 128 dimensions
     per_code = 4 if dim >= 128 else 2
     sub_quantizers = next(m for m in (dim // per_code, dim // 2, dim) if m and dim % m == 0)
     index = faiss.IndexIVFPQFastScan(
-        quantizer, dim, settings.lists, sub_quantizers, 4, faiss.METRIC_INNER_PRODUCT
+        faiss.IndexFlatIP(dim), dim, lists, sub_quantizers, 4, faiss.METRIC_INNER_PRODUCT
     )
     index.cp.niter = 10
-    index.cp.min_points_per_centroid = 16  # the sample below is enough; no faiss warning
+    index.cp.min_points_per_centroid = 16  # the sample is enough; no faiss warning
+    return index
+
+
+def _build_ivf(vectors: np.ndarray, seed: int) -> Any:
+    """An IVF index of 4-bit fast-scan PQ codes (by residual) over `vectors`."""
+    n_docs, dim = vectors.shape
+    settings = ivf_settings(n_docs, dim)
+    index = new_ivf_index(dim, settings.lists)
     rng = np.random.default_rng(seed)
     sample = vectors[np.sort(rng.choice(n_docs, settings.train_points, replace=False))]
     index.train(sample)
@@ -180,8 +186,10 @@ def knn_search(
         stop = min(start + _QUERY_BATCH, n_docs)
         found_sims, found_ids = faiss_index.search(vectors[start:stop], candidates)
         if kind == "ivf":
-            found_ids, found_sims = _rerank(vectors, start, found_ids, searched)
-        kept_ids, kept_sims = _drop_self(found_ids, found_sims, np.arange(start, stop))
+            pick, found_sims = rerank(vectors[start:stop], found_ids, vectors, searched)
+            found_ids = np.take_along_axis(found_ids, pick, axis=1)
+            found_sims[found_ids < 0] = 0.0
+        kept_ids, kept_sims = drop_self(found_ids, found_sims, np.arange(start, stop))
         ids[start:stop, : searched - 1] = kept_ids
         sims[start:stop, : searched - 1] = kept_sims
         report(stop, n_docs)
@@ -190,28 +198,34 @@ def knn_search(
     return ids, sims
 
 
-def _rerank(
-    vectors: np.ndarray, first_row: int, found_ids: np.ndarray, keep: int
+def rerank(
+    queries: np.ndarray, candidates: np.ndarray, base: np.ndarray, keep: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact similarities of the candidates of rows first_row.., best `keep` of them first
-    (ties to the lower id); -1 candidates sort last."""
-    ids = np.empty((len(found_ids), keep), dtype=np.int64)
-    sims = np.empty((len(found_ids), keep), dtype=np.float32)
-    for lo in range(0, len(found_ids), _RERANK_BATCH):
-        block = found_ids[lo : lo + _RERANK_BATCH]
-        queries = vectors[first_row + lo : first_row + lo + len(block)]
-        exact = np.einsum("qcd,qd->qc", vectors[np.maximum(block, 0)], queries)
+    """The exact best `keep` of each query's candidates (ties to the lower candidate, -1 last).
+
+    Args:
+        queries: (n, d) float32; candidates: (n, c) int64 rows of `base`, -1 = none.
+        base: (m, d) float32 (a memory map is fine: only the candidates' rows are read).
+
+    Returns:
+        pick: (n, keep) columns of `candidates`, best first; sims: (n, keep) float32 exact
+        similarities (-inf where the candidate is -1).
+    """
+    pick = np.empty((len(candidates), keep), dtype=np.int64)
+    sims = np.empty((len(candidates), keep), dtype=np.float32)
+    for lo in range(0, len(candidates), _RERANK_BATCH):
+        block = candidates[lo : lo + _RERANK_BATCH]
+        exact = np.einsum("qcd,qd->qc", base[np.maximum(block, 0)], queries[lo : lo + len(block)])
         exact[block < 0] = -np.inf
-        by_id = np.argsort(block, axis=1, kind="stable")
+        last = np.where(block < 0, np.iinfo(np.int64).max, block)
+        by_id = np.argsort(last, axis=1, kind="stable")
         best = np.argsort(-np.take_along_axis(exact, by_id, axis=1), axis=1, kind="stable")
-        pick = np.take_along_axis(by_id, best[:, :keep], axis=1)
-        ids[lo : lo + len(block)] = np.take_along_axis(block, pick, axis=1)
-        sims[lo : lo + len(block)] = np.take_along_axis(exact, pick, axis=1)
-    sims[ids < 0] = 0.0
-    return ids, sims
+        pick[lo : lo + len(block)] = np.take_along_axis(by_id, best[:, :keep], axis=1)
+        sims[lo : lo + len(block)] = np.take_along_axis(exact, pick[lo : lo + len(block)], axis=1)
+    return pick, sims
 
 
-def _drop_self(
+def drop_self(
     found_ids: np.ndarray, found_sims: np.ndarray, rows: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Remove each row's own id (or, when absent, its last column), keeping order."""

@@ -116,10 +116,9 @@ def pack_contexts(
         short_last = mode == "split" and _last_context_tokens(context, end, start, sep) < (
             context_length
         )
-        n_shuffled = n_contexts - 1 if short_last else n_contexts
-        new_id = np.arange(n_contexts)
-        new_id[:n_shuffled] = np.random.default_rng(seed).permutation(n_shuffled)
-        context = new_id[context]
+        short = np.zeros(n_contexts, dtype=bool)
+        short[-1] = short_last
+        context = context_ids(short, shuffle, seed)[context]
         by_context = np.argsort(context, kind="stable")  # keeps slot order inside a context
         context, doc, start, end, sep = (a[by_context] for a in (context, doc, start, end, sep))
     first_piece = np.searchsorted(context, np.arange(n_contexts))
@@ -132,3 +131,26 @@ def _last_context_tokens(
 ) -> int:
     last = context == context[-1]
     return int((end[last] - start[last] + sep[last]).sum())
+
+
+def context_ids(short: np.ndarray, shuffle: bool = True, seed: int = 0) -> np.ndarray:
+    """New ids of contexts: the full ones take the first ids (in a seeded random order when
+    `shuffle`), the short ones the last, in order, so that a reader cutting the token stream
+    every L tokens never goes out of step.
+
+    Args:
+        short: (n_contexts,) bool, contexts shorter than L (in `split` mode: where a path ends).
+
+    Returns:
+        (n_contexts,) int64 permutation: new_id[c] is context c's id.
+
+    >>> context_ids(np.array([False, True, False]), shuffle=False).tolist()
+    [0, 2, 1]
+    """
+    short = np.asarray(short, dtype=bool)
+    full = np.flatnonzero(~short)
+    new_id = np.empty(len(short), dtype=np.int64)
+    order = np.random.default_rng(seed).permutation(len(full)) if shuffle else np.arange(len(full))
+    new_id[full] = order
+    new_id[short] = np.arange(len(full), len(short))
+    return new_id

@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from icp_core.dedup import find_duplicates, find_near_copies, near_copy_filter
+from icp_core.dedup import (
+    duplicates_among_pairs,
+    find_duplicates,
+    find_near_copies,
+    near_copy_filter,
+)
 from icp_core.errors import IcpError
 
 
@@ -36,6 +41,26 @@ class TestFindDuplicates:
     def test_threshold_out_of_range(self, threshold):
         with pytest.raises(IcpError, match="no-dedup"):
             find_duplicates(np.array([[1], [0]]), np.ones((2, 1), np.float32), threshold)
+
+
+class TestDuplicatesAmongPairs:
+    @pytest.mark.parametrize("seed", range(5))
+    def test_same_as_the_whole_graph(self, seed):
+        """Only the pairs above the threshold (as the Ray search tasks return them) give the
+        whole graph's duplicates and keepers."""
+        rng = np.random.default_rng(seed)
+        ids = rng.integers(-1, 200, size=(200, 6))
+        sims = rng.uniform(0.8, 1.0, size=(200, 6)).astype(np.float32)
+        kept_doc = find_duplicates(ids, sims, 0.97)
+        rows, cols = np.nonzero((ids >= 0) & (sims >= 0.97))
+        doc, kept = duplicates_among_pairs(rows, ids[rows, cols], sims[rows, cols], 0.97)
+        expected = np.flatnonzero(kept_doc != np.arange(200))
+        assert doc.tolist() == expected.tolist() and len(doc) > 10
+        assert kept.tolist() == kept_doc[expected].tolist()
+
+    def test_no_pairs(self):
+        doc, kept = duplicates_among_pairs(np.zeros(0), np.zeros(0), np.zeros(0), 0.9)
+        assert doc.shape == kept.shape == (0,)
 
 
 class TestNearCopies:

@@ -29,6 +29,10 @@ from tests.test_export import reassemble
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install '.[ray]'")
 ray_engine = pytest.importorskip("icp_core.distributed.ray_engine")
+ray_embed, ray_ingest, ray_knn, ray_util = (
+    pytest.importorskip(f"icp_core.distributed.{name}")
+    for name in ("ray_embed", "ray_ingest", "ray_knn", "ray_util")
+)
 # Ray Data copies its own deprecated settings when it starts a dataset
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")
 
@@ -179,6 +183,10 @@ class TestSampleSubset:
         local = json.loads((local_out / "manifest.json").read_text())
         assert set(manifest) == set(local) and manifest["schema_version"] == 2
         assert set(manifest["parameters"]) == set(local["parameters"])
+        for entries in (manifest["run"]["stages"], local["run"]["stages"]):
+            assert [e["stage"] for e in entries] == list(pipeline.STAGE_NAMES[:7])
+            assert all(set(e) == {"stage", "seconds", "counts"} for e in entries)
+            assert all(e["seconds"] is not None for e in entries)
         assert manifest["tokenizer"] == local["tokenizer"]
         assert manifest["parameters"]["index"] in ("flat", "ivf")
         for name, entry in manifest["files"].items():
@@ -330,16 +338,16 @@ def test_sharded_knn_matches_the_local_search(ray_cluster, index, tmp_path):
     corpus = write_jsonl(tmp_path / "c.jsonl", rows)
     params = Params(k=10, index=index, vectors=str(tmp_path / "v.npy"))
     options = ray_engine.RayOptions(block_docs=500, shard_docs=1000)
-    corpus_ = ray_engine.ingest_stage([str(corpus)], params, stages._noop)
+    corpus_ = ray_ingest.ingest_stage([str(corpus)], params, ray_util.no_report)
     folder = tmp_path / "emb"
-    ray_engine.embed_stage(corpus_, params, options, folder, stages._noop)
-    searched, lists, counts = ray_engine.knn_stage(
-        corpus_, params, folder, tmp_path / "work", options, stages._noop
+    ray_embed.embed_stage(corpus_, params, options, folder, ray_util.no_report)
+    searched, lists, counts = ray_knn.knn_stage(
+        corpus_, params, folder, tmp_path / "work", options, ray_util.no_report
     )
     assert counts["shards"] == 3 and counts["index"] == index
     assert lists.sizes.sum() == 2400 and lists.edges.sum() > 0
     found = np.concatenate(
-        [ray_engine._matrix(ray.get(s.ref).column("nbr_ids"), np.int64) for s in searched]
+        [ray_util.to_matrix(ray.get(s.ref).column("nbr_ids"), np.int64) for s in searched]
     )
     exact, _ = knn.knn_search(vectors, counts["k_max"], "flat")
     if index == "flat":
@@ -394,7 +402,6 @@ class TestClearErrors:
         assert "\n" not in str(caught.value)
 
 
-
 def test_cli_joins_a_running_cluster(ray_cluster, sample_inputs, tmp_path):
     """`icp run --engine ray --ray-address ADDR`, as against a real multi-node cluster."""
     inputs = sample_inputs["inputs"][:1]
@@ -417,6 +424,31 @@ def test_cli_joins_a_running_cluster(ray_cluster, sample_inputs, tmp_path):
     assert again.returncode == 2
     assert again.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "already exists; use --overwrite" in again.stderr
+
+
+def test_ingest_rejects_like_the_local_engine_in_folders(ray_cluster, tmp_path):
+    """A folder's rejects name the file inside it, and an id repeated across its files is
+    rejected with the local engine's reason and place; default ids are the local ones."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    write_jsonl(folder / "a.jsonl", [{"id": "x", "text": "first"}, {"text": "no id"}])
+    write_jsonl(folder / "b.jsonl", [{"id": "x", "text": "again"}, {"id": "y", "text": " "}])
+    params = Params()
+    corpus = ray_ingest.ingest_stage([str(folder)], params, ray_util.no_report)
+    with Workspace(tmp_path / "ws.duckdb") as ws:
+        pipeline.ingest(ws, [str(folder)], params)
+        local_rejects = ws.arrow("SELECT * FROM rejects ORDER BY source, line").to_pylist()
+        local_ids = ws.column("SELECT id FROM documents ORDER BY doc").tolist()
+    assert corpus.rejects.sort_by([("source", "ascending"), ("line", "ascending")]).to_pylist() == (
+        local_rejects
+    )
+    ids = pa.concat_tables([ray.get(shard.ref) for shard in corpus.shards]).column("id")
+    assert ids.to_pylist() == local_ids == ["x", "a.jsonl:2"]
+
+
+def test_runs_the_local_pipelines_stages_in_its_order():
+    names = tuple(name for name, _ in ray_engine.RAY_STAGES)
+    assert names == pipeline.STAGE_NAMES[: len(names)] and names[-1] == "metrics"
 
 
 def test_cli_ray_engine_needs_out(tmp_path):

@@ -77,6 +77,20 @@ def drop_removed(
     return kept_ids, kept_sims.astype(np.float32)
 
 
+def random_bucket(doc: np.ndarray, seed: int, n_buckets: int) -> np.ndarray:
+    """Each document's seeded random bucket in 0..n_buckets-1: a hash of the document number,
+    so buckets mix partitions and need no shuffle of a global order.
+
+    >>> random_bucket(np.arange(4), 0, 1).tolist()
+    [0, 0, 0, 0]
+    """
+    if n_buckets == 1:
+        return np.zeros(len(doc), dtype=np.int64)
+    mixed = (np.asarray(doc).astype(np.uint64) + np.uint64(seed)) * np.uint64(0x9E3779B97F4A7C15)
+    mixed ^= mixed >> np.uint64(31)
+    return (mixed % np.uint64(n_buckets)).astype(np.int64)
+
+
 def group_lists(
     first: np.ndarray,
     second: np.ndarray,
