@@ -57,7 +57,7 @@ def drop_removed(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each row's first k neighbours that are not removed (duplicates), best first.
 
-    The global counterpart of `stages.restrict_graph` for rows that hold global ids: the removed
+    The global counterpart of `traverse.restrict_graph` for rows that hold global ids: the removed
     neighbours leave and the next ones move up.
 
     Args:

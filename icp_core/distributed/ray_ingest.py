@@ -6,7 +6,7 @@ same way.
 Repeated ids are found without bringing the rows to the driver: each task returns its ids'
 64-bit hashes; only rows whose hash occurs twice are fetched and compared exactly
 (`ingest.repeated_ids`), and the later rows become rejects with the local engine's reason
-(`stages.duplicate_id_reason`). A source whose content was already given is skipped.
+(`ingest.duplicate_id_reason`). A source whose content was already given is skipped.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from icp_core import ingest, stages
+from icp_core import ingest
 from icp_core.distributed.ray_util import Report, fetch
 from icp_core.errors import IcpError
 from icp_core.params import Params
@@ -183,7 +183,7 @@ def _duplicate_id_rows(accepted: list[tuple]) -> dict[int, tuple[np.ndarray, pa.
         s, r = int(source[suspect][position]), int(row[suspect][position])
         first_place = f"{rows['file'][first]}:{rows['line'][first]}"
         doc_id = rows["id"][position]
-        reason = stages.duplicate_id_reason(doc_id, first_place)
+        reason = ingest.duplicate_id_reason(doc_id, first_place)
         raw = rows["text"][position][: ingest.RAW_PREVIEW_CHARS]
         drops.setdefault(s, []).append(r)
         line, file = rows["line"][position], rows["file"][position]

@@ -6,7 +6,7 @@ fragments across partitions on the driver (the pure array work is in `partition.
 - Route tasks split every searched block by partition: graph columns (what a walk reads) and
   content columns (what packing reads), so a walk never holds texts.
 - A traverse task orders its partition with `traverse.traverse` on the partition's own graph
-  (`stages.restrict_graph`, as the local engine restricts the graph to kept documents) and cuts
+  (`traverse.restrict_graph`, as the local engine restricts the graph to kept documents) and cuts
   the path where a stronger kNN edge leads into another partition (`partition.cut_path`).
 - The driver stitches fragment ends across partitions (`partition.plan_stitching`); each chain
   of fragments goes to the partition holding most of its documents, and pick tasks send that
@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from icp_core import stages, traverse
+from icp_core import traverse
 from icp_core.distributed import partition
 from icp_core.distributed.ray_dedup import Removed
 from icp_core.distributed.ray_knn import ListGraph, Searched
@@ -99,7 +99,7 @@ def _traverse_task(
     nbr_ids = to_matrix(table.column("nbr_ids"), np.int64)
     nbr_sims = to_matrix(table.column("nbr_sims"), np.float32)
     local = partition.localize(nbr_ids, members)
-    walk_ids, walk_sims = stages.restrict_graph(local, nbr_sims, np.arange(len(members)), k)
+    walk_ids, walk_sims = traverse.restrict_graph(local, nbr_sims, np.arange(len(members)), k)
     order = traverse.traverse(walk_ids, walk_sims, method, seed)
     wide_ids, wide_sims = partition.drop_removed(nbr_ids, nbr_sims, removed, width)
     kept_ids, kept_sims = wide_ids[:, :k], wide_sims[:, :k]

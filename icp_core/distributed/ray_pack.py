@@ -7,7 +7,7 @@ A partition's work is the local engine's, on its own documents: `tokenizer.count
 `metrics.packing_terms` (exact means with their term counts, combined over partitions by
 `metrics.combine_packing_metrics`, since contexts never span partitions) and
 `export.packing_rows`. Before packing, `--order original` runs the authors' near-copy filter
-(`stages.near_copy_filter`) along each home's final path. `context_cache_gain` scores against
+(`dedup.near_copy_filter`) along each home's final path. `context_cache_gain` scores against
 the corpus-wide unigram model, from per-partition word counts merged on the driver.
 
 The random baseline is a real packing: the kept documents fall into seeded hash buckets
@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from icp_core import export, metrics, pack, stages, tokenizer
+from icp_core import dedup, export, metrics, pack, stages, tokenizer
 from icp_core.distributed import partition
 from icp_core.distributed.ray_order import CONTENT_COLUMNS, Ordered, home_inputs
 from icp_core.distributed.ray_util import (
@@ -98,9 +98,9 @@ def _assemble(
 def _near_copy_task(
     path: pa.Table, segments: Segments, home: int, n_content: int, *parts: pa.Table
 ) -> dict[str, Any]:
-    """`stages.near_copy_filter` along a home partition's final path: the drops, with ids."""
+    """`dedup.near_copy_filter` along a home partition's final path: the drops, with ids."""
     table, _ = _assemble(path, segments, home, n_content, parts, np.zeros(0, np.int64), 1)
-    _, drops = stages.near_copy_filter(
+    _, drops = dedup.near_copy_filter(
         table.column("text").to_pylist(),
         np.arange(table.num_rows),
         to_matrix(table.column("vector"), np.float32),

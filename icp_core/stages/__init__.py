@@ -8,14 +8,10 @@ reads; where a parameter's effective value differs from how it is spelled (a mod
 content, `auto` index), a `<stage>_resolve(ws, values)` turns the read values into that value.
 `pipeline.py` decides when to run them.
 
-Callers use this package's names (`stages.run_knn`, `stages.read_vectors`); the pure
-functions `restrict_graph`, `near_copy_filter` and `duplicate_id_reason` live in their core
-modules (`traverse`, `dedup`, `ingest`) and are named here too because the Ray engine reaches
-them through `stages`.
+Callers use this package's names (`stages.run_knn`, `stages.read_vectors`); pure functions
+are called from their core modules (`traverse.restrict_graph`, `dedup.near_copy_filter`, ...).
 """
 
-from icp_core.dedup import near_copy_filter
-from icp_core.ingest import duplicate_id_reason
 from icp_core.stages._report import Report, _noop
 from icp_core.stages.dedup import kept_documents, run_dedup
 from icp_core.stages.embed import (
@@ -65,7 +61,6 @@ from icp_core.stages.pack import (
     run_pack,
     separator_for,
 )
-from icp_core.traverse import restrict_graph
 
 __all__ = [
     "KNN_MIN_STORED",
@@ -73,7 +68,6 @@ __all__ = [
     "_noop",
     "compute_metrics",
     "document_tokens",
-    "duplicate_id_reason",
     "embed_resolve",
     "export_embedding_cache",
     "ingest_fingerprint_source",
@@ -86,7 +80,6 @@ __all__ = [
     "graph_key",
     "layout_resolve",
     "lm_tokenizer",
-    "near_copy_filter",
     "no_documents_message",
     "pack_records",
     "pack_resolve",
@@ -98,7 +91,6 @@ __all__ = [
     "read_vectors",
     "report_parameters",
     "resolve_label_field",
-    "restrict_graph",
     "run_dedup",
     "run_embed",
     "run_ingest",
