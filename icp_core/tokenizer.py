@@ -329,9 +329,11 @@ def _chars_at_bytes(text: str, byte_offsets: np.ndarray) -> np.ndarray:
 
 def _close_starts(starts: np.ndarray, length: int) -> np.ndarray:
     """Clip to the text, start at 0 (text a tokenizer skips, like leading spaces, belongs to
-    the first token) and end with the text's length."""
+    the first token) and end with the text's length. A text with no tokens (all of it
+    dropped by the normaliser, say a private-use character) gives just [len(text)]."""
     starts = np.append(np.minimum(starts, length), length).astype(np.int64)
-    starts[0] = 0
+    if len(starts) > 1:
+        starts[0] = 0
     return starts
 
 
