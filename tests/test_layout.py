@@ -1,6 +1,7 @@
 """icp_core.layout and the `layout` stage: a 2-D map from the stored kNN lists."""
 
 import io
+import logging
 
 import numpy as np
 import pyarrow as pa
@@ -131,6 +132,23 @@ class TestLayoutCache:
             outcome = {o.stage: o for o in pipeline.run(ws, params, until="layout")}
             assert outcome["layout"].counts["map"] == "umap"
             assert ws.n_documents() == int(ws.scalar("SELECT count(*) FROM layout"))
+
+    @pytest.mark.parametrize("damage", ["not parquet", "missing column", "empty cells"])
+    def test_a_broken_map_file_is_skipped_with_a_warning(self, tmp_path, caplog, damage):
+        shipped = tmp_path / "layout.parquet"
+        if damage == "not parquet":
+            shipped.write_bytes(b"PAR1 this is not a parquet file")
+        else:
+            x = [1.0, None] if damage == "empty cells" else [1.0, 2.0]
+            columns = {"graph_key": ["k", "k"], "doc": [0, 1], "x": x, "y": [0.0, 1.0]}
+            if damage == "missing column":
+                del columns["y"]
+            pq.write_table(pa.table(columns), shipped)
+        workspace = synthetic_workspace(tmp_path / "w", until="dedup")
+        with Workspace(workspace) as ws, caplog.at_level(logging.WARNING):
+            assert stages.seed_layout_cache(ws, shipped) == 0
+            assert int(ws.scalar("SELECT count(*) FROM layout_cache")) == 0
+        assert f"{shipped}: not a usable map" in caplog.text
 
     def test_the_key_names_the_lists(self):
         ids = np.array([[1, 2], [0, 2], [0, 1]])

@@ -6,6 +6,7 @@ first start does not compile and run UMAP)."""
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,12 @@ from icp_core.stages._report import Report, _noop
 from icp_core.stages.embed import read_vectors
 from icp_core.stages.knn import read_neighbors
 from icp_core.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+_CACHE_SCHEMA = pa.schema(
+    [("graph_key", pa.string()), ("doc", pa.int64()), ("x", pa.float32()), ("y", pa.float32())]
+)
 
 
 def layout_resolve(ws: Workspace, values: dict[str, Any]) -> dict[str, Any]:
@@ -73,10 +80,18 @@ def export_layout_cache(ws: Workspace, path: Path) -> int:
 
 def seed_layout_cache(ws: Workspace, path: Path) -> int:
     """Add the maps of a Parquet (`export_layout_cache`) whose keys the workspace lacks;
-    returns how many rows (0 when there is no such file)."""
+    returns how many rows (0 when there is no such file). A cached map only saves time, so an
+    unreadable file is logged and skipped: the layout stage then draws the map itself."""
     if not path.exists():
         return 0
-    table = pq.read_table(path, columns=["graph_key", "doc", "x", "y"])
+    try:
+        table = pq.read_table(path, columns=["graph_key", "doc", "x", "y"])
+        table = table.cast(_CACHE_SCHEMA)
+        if any(column.null_count for column in table.columns):
+            raise ValueError("it has empty cells")
+    except (pa.ArrowException, OSError, ValueError) as error:
+        log.warning("%s: not a usable map (%s); the map will be drawn instead", path, error)
+        return 0
     with ws.transaction():
         before = int(ws.scalar("SELECT count(*) FROM layout_cache"))
         ws.con.register("_seed", table)
