@@ -111,6 +111,48 @@ def narrow_ids(ids, out):
     return low, high
 
 
+# reassociating the float32 sums lets LLVM vectorise the dot products; no nnan/ninf flags, since
+# absent candidates score -inf
+@njit(parallel=True, cache=True, fastmath={"reassoc", "contract"})
+def rerank_candidates(queries, candidates, base, pick, sims):
+    """For each query row, the best pick.shape[1] of its candidate rows of `base` by exact inner
+    product (ties to the lower candidate id, -1 candidates last with -inf): their columns in
+    `candidates` into pick, their similarities into sims. Dot products in float32, without
+    gathering the candidates' vectors into a temporary array."""
+    n, c = candidates.shape
+    keep = pick.shape[1]
+    dim = queries.shape[1]
+    for q in prange(n):
+        filled = 0
+        for col in range(c):
+            doc = candidates[q, col]
+            sim = np.float32(-np.inf)
+            if doc >= 0:
+                sim = np.float32(0.0)
+                for d in range(dim):
+                    sim += queries[q, d] * base[doc, d]
+            key_doc = doc if doc >= 0 else np.iinfo(np.int64).max
+            # insert into the sorted top list (sim desc, then candidate id asc)
+            slot = filled
+            while slot > 0:
+                prev = pick[q, slot - 1]
+                prev_doc = candidates[q, prev]
+                prev_key = prev_doc if prev_doc >= 0 else np.iinfo(np.int64).max
+                if sims[q, slot - 1] > sim or (sims[q, slot - 1] == sim and prev_key <= key_doc):
+                    break
+                slot -= 1
+            if slot >= keep:
+                continue
+            last = min(filled, keep - 1)
+            for move in range(last, slot, -1):
+                pick[q, move] = pick[q, move - 1]
+                sims[q, move] = sims[q, move - 1]
+            pick[q, slot] = col
+            sims[q, slot] = sim
+            if filled < keep:
+                filled += 1
+
+
 # ---------------------------------------------------------------------------------------------
 # Orderings
 # ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from icp_core import knn
 from icp_core.errors import IcpError
 from icp_core.knn import knn_search
 
@@ -80,3 +81,49 @@ def test_approximate_indexes_find_most_true_neighbours(index):
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, truth, strict=True)])
     assert recall > 0.9
     assert not (ids == np.arange(4000)[:, None]).any()
+
+
+def reference_rerank(queries, candidates, base, keep):
+    """Per query: its candidates by exact similarity (float64), ties to the lower id, -1 last."""
+    picks, sims = [], []
+    for query, row in zip(queries, candidates, strict=True):
+        scored = [
+            (
+                -float(np.dot(query.astype(np.float64), base[doc])) if doc >= 0 else np.inf,
+                doc if doc >= 0 else np.iinfo(np.int64).max,
+                col,
+            )
+            for col, doc in enumerate(row.tolist())
+        ]
+        best = sorted(scored)[:keep]
+        picks.append([col for _, _, col in best])
+        sims.append([-score for score, _, _ in best])
+    return np.array(picks), np.array(sims)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rerank_matches_reference_with_ties_and_missing_candidates(seed):
+    rng = np.random.default_rng(seed)
+    base = unit_rows(60, d=24, seed=seed)
+    base[30:40] = base[20:30]  # exact twins: equal sims, the lower id must come first
+    queries = unit_rows(50, d=24, seed=seed + 100)
+    candidates = np.stack([rng.permutation(60)[:25] for _ in range(50)])
+    candidates[rng.random(candidates.shape) < 0.2] = -1  # absent candidates rank last
+    pick, sims = knn.rerank(queries, candidates, base, 12)
+    expected_pick, expected_sims = reference_rerank(queries, candidates, base, 12)
+    np.testing.assert_array_equal(pick, expected_pick)
+    np.testing.assert_allclose(sims, expected_sims, atol=1e-5)
+
+
+def test_rerank_of_a_memory_map_equals_in_memory(tmp_path):
+    base = unit_rows(40, d=8)
+    np.save(tmp_path / "base.npy", base)
+    candidates = np.tile(np.arange(40), (5, 1))
+    mapped = np.load(tmp_path / "base.npy", mmap_mode="r")
+    for got, want in zip(
+        knn.rerank(base[:5], candidates, mapped, 6),
+        knn.rerank(base[:5], candidates, base, 6),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got, want)
+    assert (knn.rerank(base[:5], candidates, base, 6)[0][:, 0] == np.arange(5)).all()
