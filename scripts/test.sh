@@ -22,8 +22,13 @@ else
 fi
 . .venv/bin/activate
 ruff check .
+# two workers (pytest-xdist), each test file on one of them so its fixtures are built once:
+# most tests spend their time in one-threaded subprocesses, so two cores finish in about 60%
+# of the serial time (BENCHMARKS.md, "Test suite")
+workers=(-n 2 --dist loadfile)
 if [ "$fast" = 1 ]; then
-  ICP_FAST_TIER=1 python -m pytest -q -m "not slow and not e2e and not ray and not model" "$@"
+  ICP_FAST_TIER=1 python -m pytest -q "${workers[@]}" \
+    -m "not slow and not e2e and not ray and not model" "$@"
 else
-  python -m pytest -q "$@"
+  python -m pytest -q "${workers[@]}" "$@"
 fi

@@ -31,7 +31,7 @@ def test_a_prepared_worker_runs_the_job_and_only_dependent_stages(runner, sample
             "until": "metrics",
         }
     )
-    status = runner.wait(sample_copy, timeout_s=60)
+    status = runner.wait(sample_copy, timeout_s=180)
     assert status["state"] == "done", status["error"]
     assert status["pid"] == spare.pid
     assert {s["stage"]: s["status"] for s in status["stages"]} == {

@@ -148,7 +148,7 @@ def settle(page, title: str) -> None:
     page.wait_for_selector(
         "[data-testid=stApp][data-test-script-state=notRunning]", timeout=120_000
     )
-    page.wait_for_selector("[data-stale=true]", state="detached", timeout=30_000)
+    page.wait_for_selector("[data-stale=true]", state="detached", timeout=60_000)
     # every element drawn: a chart, table or metric whose code the browser is still loading
     # shows a grey skeleton in its place (seen at 1920x1080 in a fresh tab) and is not yet a
     # plotly chart, so the check below would pass over it
@@ -156,13 +156,13 @@ def settle(page, title: str) -> None:
         """() => [...document.querySelectorAll(
                      '[data-testid=stSkeleton], [data-testid=stSkeletonElement]')]
                  .every(skeleton => skeleton.offsetParent === null)""",
-        timeout=60_000,
+        timeout=120_000,
     )
     # every chart on the page drawn by plotly
     page.wait_for_function(
         """() => [...document.querySelectorAll('[data-testid=stPlotlyChart]')]
                  .every(chart => chart.querySelector('.js-plotly-plot .main-svg'))""",
-        timeout=60_000,
+        timeout=120_000,
     )
 
 
@@ -212,7 +212,7 @@ def test_map_draws_a_path_and_lists_lassoed_documents(page):
         page.mouse.move(x, y, steps=10)
     page.mouse.up()
     selected = page.get_by_role("heading", name=re.compile(r"^[\d,]+ selected documents$"))
-    selected.wait_for(timeout=60_000)
+    selected.wait_for(timeout=120_000)
     settle(page, "Map")
     assert int(selected.inner_text().split()[0].replace(",", "")) > 0
     page.mouse.move(0, 0)  # the pointer's hover box would cover the screenshot
@@ -226,19 +226,19 @@ def test_export_writes_a_folder_and_shows_its_manifest(page, tmp_path):
     # each format has its own folder box (widget key): until the click's rerun has drawn the
     # parquet one, typing lands in the jsonl box the rerun then throws away. settle() alone
     # cannot tell: the script still reads "notRunning" until the server starts the rerun
-    page.get_by_text(re.compile(r"^Writes the folder \S+-parquet\b")).wait_for(timeout=60_000)
+    page.get_by_text(re.compile(r"^Writes the folder \S+-parquet\b")).wait_for(timeout=120_000)
     settle(page, "Export")
     out = tmp_path / "export"
     folder = page.get_by_label("Output folder")
     folder.fill(str(out))
     folder.press("Enter")
     # the page has taken the new folder (a click before that would write the default one)
-    page.get_by_text(f"Writes the folder {out}").wait_for(timeout=60_000)
+    page.get_by_text(f"Writes the folder {out}").wait_for(timeout=120_000)
     settle(page, "Export")
     page.get_by_role("button", name="Write", exact=True).click()
     # this export's own message (a Manifest heading may remain from an earlier export)
     wrote = page.get_by_text(f"Wrote {out}")
-    wrote.wait_for(timeout=60_000)
+    wrote.wait_for(timeout=120_000)
     settle(page, "Export")
     assert not page.get_by_test_id("stException").count()
     wrote.scroll_into_view_if_needed()
