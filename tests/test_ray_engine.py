@@ -235,7 +235,8 @@ def local_by_method(sample_inputs, tmp_path_factory) -> dict:
             pipeline.run(ws, params)
             result = stages.latest_metrics(ws, params)
             export_contexts(ws, params, folder / method, "parquet", metrics=result)
-            found[method] = (result, read_jsonl(folder / method / "removed" / "duplicates.jsonl"))
+            removed = read_jsonl(folder / method / "removed" / "duplicates.jsonl")
+            found[method] = (result, removed, folder / method / "data")
     return found
 
 
@@ -253,7 +254,7 @@ def test_parity_with_the_local_engine(
         [str(p) for p in sample_inputs["inputs"]], params, tmp_path / "out", options
     )
     result = manifest["metrics"]
-    local, local_removed = local_by_method[method]
+    local, local_removed, local_data = local_by_method[method]
     if os.environ.get("ICP_PARITY_LOG"):  # the figures docs/scaling.md quotes
         with open(os.environ["ICP_PARITY_LOG"], "a") as log:
             log.write(json.dumps({"method": method, "P": n_partitions, "ray": result}) + "\n")
@@ -269,6 +270,12 @@ def test_parity_with_the_local_engine(
     if n_partitions == 1:  # one partition, no cut: the local engine's path and numbers
         for key in (*SIMILARITIES, *MEANS):
             assert result[key] == pytest.approx(local[key], rel=1e-5), key
+        # and the very rows a trainer reads: contexts, their documents, texts and token ids
+        ray_rows = pq.read_table(tmp_path / "out" / "data").sort_by("context")
+        local_rows = pq.read_table(local_data).sort_by("context")
+        assert ray_rows.num_rows == local["n_contexts"] > 0
+        assert ray_rows.schema == local_rows.schema
+        assert ray_rows.equals(local_rows)
     elif method == "random":
         # another random order: two seeds of the local engine's own differ by 7% here
         for key in SIMILARITIES:
