@@ -10,8 +10,9 @@ pseudo-vocabulary with log-normal lengths (median `--words` words), so packing t
 realistic volume of text.
 
 Each stage runs as its own `icp` subprocess (ingest, embed --vectors, knn, dedup, order, pack,
-metrics, export), like a user would run them; `os.wait4` returns the child's own resource
-usage: wall time, CPU time (user + system) and peak RSS (ru_maxrss) per stage. After the kNN
+metrics, export), like a user would run them, started by a small launcher process whose
+`os.wait4` gives the stage's own resource usage: wall time, CPU time (user + system) and peak
+RSS (ru_maxrss) per stage. After the kNN
 stage, recall@10 of the stored lists is measured against exact search (faiss IndexFlatIP) for
 `--recall-sample` random documents.
 
@@ -70,23 +71,38 @@ def write_inputs(folder: Path, n_docs: int, words: int, seed: int) -> tuple[Path
     return corpus, vectors
 
 
+# A child's ru_maxrss starts from its parent's peak RSS at the exec (the kernel carries the
+# forking process's high-water mark over), and this process holds the corpus and the vectors:
+# each stage is therefore started by a small launcher, whose own child's usage is the stage's.
+_LAUNCHER = """
+import json, os, subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+_, status, usage = os.wait4(child.pid, 0)
+with open(sys.argv[1], "w") as out:
+    json.dump({"cpu_s": usage.ru_utime + usage.ru_stime, "maxrss_kib": usage.ru_maxrss}, out)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def run_stage(argv: list[str], log: Path) -> dict[str, float]:
     """Run one `icp` command as a child; its wall s, CPU s and peak RSS (MiB)."""
-    command = [sys.executable, "-m", "icp_core.cli", *argv]
+    usage_file = log.with_suffix(".usage.json")
+    command = [sys.executable, "-c", _LAUNCHER, str(usage_file)]
+    command += [sys.executable, "-m", "icp_core.cli", *argv]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     started = time.perf_counter()
     with open(log, "a") as out:
         out.write(f"$ icp {' '.join(argv)}\n")
         out.flush()
-        child = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
-        _, status, usage = os.wait4(child.pid, 0)
+        code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
     wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
+    if code != 0:
         sys.exit(f"icp {' '.join(argv)} failed; see {log}")
+    usage = json.loads(usage_file.read_text())
     return {
         "wall_s": wall,
-        "cpu_s": usage.ru_utime + usage.ru_stime,
-        "peak_rss_mib": usage.ru_maxrss / 1024,
+        "cpu_s": usage["cpu_s"],
+        "peak_rss_mib": usage["maxrss_kib"] / 1024,
         "load": os.getloadavg()[0],
     }
 
