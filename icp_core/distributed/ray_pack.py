@@ -11,12 +11,23 @@ A partition's work is the local engine's, on its own documents: `tokenizer.count
 the corpus-wide unigram model, from per-partition word counts merged on the driver.
 
 The random baseline is a real packing: the kept documents fall into seeded hash buckets
-(`partition.random_bucket`, one per PARTITION_DOCS), each ordered and packed by
-`stages.random_packing`; below PARTITION_DOCS kept documents that is the local baseline.
+(`partition.random_bucket`, one per `RayOptions.random_bucket_docs` kept documents, so a bucket
+task's memory is bounded whatever the corpus size), each ordered and packed by
+`stages.random_packing` and measured by `metrics.packing_terms`; with one bucket that is the
+local baseline, number for number. A document's kNN neighbours in other buckets are localized
+to -1 (`partition.localize`), which leaves every term exact: only `jump_rate` reads the lists,
+and for a pair of the same context (both in the bucket) it asks whether either lists the other,
+which the localized lists still answer; its denominator is the bucket's within-context pairs,
+and each mean's term count (`n_transitions`, `n_contexts`, ...) is summed over buckets by
+`metrics.combine_packing_metrics`. What changes with B buckets is the packing itself: each
+bucket ends in its own short context, so `token_efficiency` can drop by up to B - 1 partial
+contexts, and adjacent documents are drawn from a bucket rather than the corpus, which is the
+same distribution.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -32,7 +43,6 @@ from icp_core import dedup, export, metrics, pack, stages, tokenizer
 from icp_core.distributed import partition
 from icp_core.distributed.ray_order import CONTENT_COLUMNS, Ordered, home_inputs
 from icp_core.distributed.ray_util import (
-    PARTITION_DOCS,
     RayOptions,
     Report,
     fetch,
@@ -49,8 +59,9 @@ Segments = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 @dataclass
 class Packed:
-    """The context files, the partitions' summaries, the random buckets' `packing_terms`, the
-    near-copy drops (doc, kept_doc, sim, reason, id, kept_id) and the stage counts."""
+    """The context files, the partitions' summaries, the random buckets' `packing_terms` (empty
+    buckets left out), the near-copy drops (doc, kept_doc, sim, reason, id, kept_id) and the
+    stage counts."""
 
     names: list[str]
     summaries: list[dict[str, Any]]
@@ -199,24 +210,36 @@ def _pack_task(
         }
     )
     bucket = partition.random_bucket(members, params.seed, n_buckets)
-    return rows, summary, *[baseline.filter(pa.array(bucket == b)) for b in range(n_buckets)]
+    by_bucket = np.argsort(bucket, kind="stable")
+    bounds = np.searchsorted(bucket[by_bucket], np.arange(n_buckets + 1))
+    return (
+        rows,
+        summary,
+        *[baseline.take(pa.array(by_bucket[lo:hi])) for lo, hi in itertools.pairwise(bounds)],
+    )
 
 
 @ray.remote
 def _random_task(
     params: Params, corpus_counts: Counter, sep_tokens: int, has_labels: bool, *parts: pa.Table
-) -> tuple[dict[str, Any], dict[str, int]] | None:
+) -> tuple[tuple[dict[str, Any], dict[str, int]] | None, int, bool]:
     """The random baseline over one bucket of kept documents: `stages.random_packing`'s
-    seeded order and packing, measured like the contexts (`metrics.packing_terms`)."""
+    seeded order and packing, measured like the contexts (`metrics.packing_terms`).
+
+    Returns the terms (None for an empty bucket), the bucket's document count, and whether its
+    packing holds each of them exactly once (`metrics.every_doc_once`)."""
     table = pa.concat_tables(parts)
     if not table.num_rows:
-        return None
+        return None, 0, True
     table = table.take(pa.array(np.argsort(to_array(table, "doc"), kind="stable")))
     members = to_array(table, "doc")
     doc_tokens = to_array(table, "n_tokens")
     packing = stages.random_packing(np.arange(len(members)), doc_tokens, params, sep_tokens)
     labels = np.asarray(table.column("label").to_pylist(), dtype=object) if has_labels else None
-    return metrics.packing_terms(
+    once = len(np.unique(members)) == len(members) and metrics.every_doc_once(
+        packing, np.arange(len(members)), doc_tokens, sep_tokens
+    )
+    terms = metrics.packing_terms(
         packing,
         to_matrix(table.column("vector"), np.float32),
         doc_tokens,
@@ -225,6 +248,7 @@ def _random_task(
         labels,
         metrics.word_ids(table.column("text").to_pylist(), corpus_counts=corpus_counts),
     )
+    return terms, len(members), once
 
 
 @ray.remote
@@ -288,7 +312,7 @@ def pack_stage(
     counts_ref = ray.put(corpus_counts)
     del corpus_counts
     n_kept = ordered.counts["ordered"] - len(drops["doc"])
-    n_buckets = max(1, math.ceil(n_kept / PARTITION_DOCS))
+    n_buckets = max(1, math.ceil(n_kept / options.random_bucket_docs))
     has_labels = label_field is not None
     tasks = [
         _pack_task.options(num_returns=2 + n_buckets).remote(
@@ -349,5 +373,11 @@ def pack_stage(
         "written_rows": int(sum(written)),
         "near_copies_dropped": len(drops["doc"]),
     }
-    random = [part for part in fetch(random_parts) if part is not None]
+    buckets = fetch(random_parts)
+    counts["random_buckets"] = n_buckets
+    # the baseline measured every kept document once: no bucket lost or repeated one
+    counts["random_docs_once"] = bool(
+        all(once for _, _, once in buckets) and sum(n for _, n, _ in buckets) == n_kept
+    )
+    random = [terms for terms, _, _ in buckets if terms is not None]
     return Packed(names, summaries, random, drops, counts)
