@@ -482,6 +482,37 @@ def test_ingest_rejects_like_the_local_engine_in_folders(ray_cluster, tmp_path):
     assert ids.to_pylist() == local_ids == ["x", "a.jsonl:2"]
 
 
+def test_repeated_ids_across_and_within_files_over_several_buckets(ray_cluster, tmp_path):
+    """The repeated-id hash shuffle over several buckets rejects what the local ingest
+    rejects: ids repeated inside a file and across files, the earlier row in input order kept
+    (the reject names its file and line), the rest numbered as the local workspace numbers."""
+    files = {
+        "a.jsonl": ["x", "y", "x", "u0", "u1"],
+        "b.jsonl": ["y", "z", "u2", "z", "u3"],
+        "c.jsonl": ["z", "x", "w", "u4", "w"],
+    }
+    inputs = [
+        str(
+            write_jsonl(
+                tmp_path / name, [{"id": i, "text": f"{name} {i} {n}"} for n, i in enumerate(ids)]
+            )
+        )
+        for name, ids in files.items()
+    ]
+    params = Params()
+    corpus = ray_ingest.ingest_stage(inputs, params, ray_util.no_report, id_bucket_rows=4)
+    with Workspace(tmp_path / "ws.duckdb") as ws:
+        pipeline.ingest(ws, inputs, params)
+        local_rejects = ws.arrow("SELECT * FROM rejects ORDER BY source, line").to_pylist()
+        local_ids = ws.column("SELECT id FROM documents ORDER BY doc").tolist()
+    assert corpus.rejects.sort_by([("source", "ascending"), ("line", "ascending")]).to_pylist() == (
+        local_rejects
+    )
+    assert len(local_rejects) == 6
+    ids = pa.concat_tables([ray.get(shard.ref) for shard in corpus.shards]).column("id")
+    assert ids.to_pylist() == local_ids == ["x", "y", "u0", "u1", "z", "u2", "u3", "w", "u4"]
+
+
 def test_runs_the_local_pipelines_stages_in_its_order():
     names = tuple(name for name, _ in ray_engine.RAY_STAGES)
     assert names == pipeline.STAGE_NAMES[: len(names)] and names[-1] == "metrics"
