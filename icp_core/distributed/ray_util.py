@@ -8,11 +8,12 @@ Granularity constants (each is a `RayOptions` field's default):
   all of them): 1M 384-d vectors are 1.5 GB as floats.
 - PARTITION_DOCS: one order partition per this many kept documents: a 2M-document walk needs
   about 1 GB and a minute on one core.
-- RANDOM_BUCKET_DOCS: one random-baseline bucket per this many kept documents. A bucket task
-  holds its documents' vectors, kNN lists and texts several times over (Arrow, numpy, Python
-  strings, word ids): its peak RSS, inputs and imports included, measured 0.78 GB at 50k
-  documents with 10-character texts and 2.3 GB with the Python docs' texts (mean 714 words),
-  so 25k documents stay near 1.2 GB with real texts (a 2M bucket grew to 15.9 GB).
+- RANDOM_BUCKET_DOCS: one random-baseline bucket per this many kept documents; a task measures
+  its buckets one at a time. Measuring one holds its documents' vectors, kNN lists and texts
+  several times over (Arrow, numpy, Python strings, word ids): peak RSS, inputs and imports
+  included, measured 0.78 GB at 50k documents with 10-character texts and 2.3 GB with the
+  Python docs' texts (mean 714 words), so 25k documents stay near 1.2 GB with real texts (a
+  2M bucket grew to 15.9 GB).
 - CONTEXTS_PER_FILE: 10k contexts of 8192 tokens is about 300 MB of text per output file.
 """
 
