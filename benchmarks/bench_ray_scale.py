@@ -180,6 +180,7 @@ def run_ray(
         "seconds": round(seconds, 1),
         "stages": {o.stage: round(o.seconds, 1) for o in outcomes},
         "knn": next(o.counts for o in outcomes if o.stage == "knn"),
+        "pack": next(o.counts for o in outcomes if o.stage == "pack"),
         "driver_peak_gb": driver_peak / GB,
         "driver_peak_gb_by_stage": _in_gb(watcher.driver_by_stage),
         "worker_peak_gb_max": max(workers, default=0) / GB,
