@@ -10,9 +10,11 @@ JSONL of short texts, one per vector (`d<i> c<cluster>`), run through every stag
 `icp run --engine ray` on a local Ray cluster (`--cpus`, 2 by default).
 
 Peak RSS is the kernel's high-water mark (VmHWM), reset (`/proc/self/clear_refs`) when the
-run starts, so writing the inputs does not count: the driver's own, and each Ray process
-started under it (workers, raylet, GCS), sampled every second. The object store's shared memory
-counts in the RSS of every process that maps it, so the workers' figures overlap.
+run starts, so writing the inputs does not count: the driver's own (reset again as each stage
+starts, for a peak per stage), and each Ray process started under it (workers, raylet, GCS),
+sampled every second; the workers' current RSS is also sampled per stage and per task name (a
+worker's title is `ray::<task>` while it runs one). The object store's shared memory counts in
+the RSS of every process that maps it, so the workers' figures overlap.
 
 The local engine is measured at `--local-docs` documents (0: skipped) in a child process,
 after the Ray run (so the Ray figures are in even if the local run is stopped); at another size
@@ -98,12 +100,32 @@ def _descendants(pid: int) -> list[int]:
 
 
 class PeakWatcher:
-    """Samples the peak RSS (VmHWM) of every process under this one, every second."""
+    """Samples the peak RSS (VmHWM) of every process under this one, every second, and the
+    `ray::` workers' current RSS by stage and by task name.
+
+    Its `progress` is the engine's progress factory: called as each stage starts, it closes
+    the driver's peak of the stage before and resets it."""
 
     def __init__(self) -> None:
         self.peaks: dict[int, tuple[str, int]] = {}
+        self.stage = ""
+        self.driver_by_stage: dict[str, int] = {}
+        self.workers_by_stage: dict[str, int] = {}
+        self.by_task: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def progress(self, stage: str):
+        from icp_core.distributed.ray_util import no_report
+
+        self.close_stage()
+        self.stage = stage
+        reset_peak()
+        return no_report
+
+    def close_stage(self) -> None:
+        if self.stage:
+            self.driver_by_stage[self.stage] = _status(os.getpid(), "VmHWM")
 
     def _run(self) -> None:
         while not self._stop.wait(1.0):
@@ -116,6 +138,11 @@ class PeakWatcher:
                 if peak:
                     old = self.peaks.get(pid, ("", 0))[1]
                     self.peaks[pid] = (name[:60], max(old, peak))
+                if name.startswith("ray::"):
+                    now = _status(pid, "VmRSS")
+                    stage = self.stage
+                    self.workers_by_stage[stage] = max(self.workers_by_stage.get(stage, 0), now)
+                    self.by_task[name[:60]] = max(self.by_task.get(name[:60], 0), now)
 
     def __enter__(self) -> PeakWatcher:
         self._thread.start()
@@ -141,10 +168,11 @@ def run_ray(
     started = time.time()
     with PeakWatcher() as watcher:
         outcomes, manifest = ray_engine.run_pipeline(
-            [str(corpus)], params, out, options, overwrite=True
+            [str(corpus)], params, out, options, overwrite=True, progress=watcher.progress
         )
+        watcher.close_stage()  # the last stage's peak includes writing the manifest
     seconds = time.time() - started
-    driver_peak = _status(os.getpid(), "VmHWM")
+    driver_peak = max(watcher.driver_by_stage.values())
     ray.shutdown()
     workers = [peak for name, peak in watcher.peaks.values() if name.startswith("ray::")]
     others = {name: peak for name, peak in watcher.peaks.values() if not name.startswith("ray::")}
@@ -152,8 +180,12 @@ def run_ray(
         "seconds": round(seconds, 1),
         "stages": {o.stage: round(o.seconds, 1) for o in outcomes},
         "knn": next(o.counts for o in outcomes if o.stage == "knn"),
+        "pack": next(o.counts for o in outcomes if o.stage == "pack"),
         "driver_peak_gb": driver_peak / GB,
+        "driver_peak_gb_by_stage": _in_gb(watcher.driver_by_stage),
         "worker_peak_gb_max": max(workers, default=0) / GB,
+        "worker_rss_gb_by_stage": _in_gb(watcher.workers_by_stage),
+        "worker_rss_gb_by_task": _in_gb(watcher.by_task),
         "worker_processes": len(workers),
         "other_ray_processes_gb": {name: round(p / GB, 2) for name, p in others.items()},
         "metrics": {
@@ -161,6 +193,10 @@ def run_ray(
             for key in ("n_kept", "adjacent_sim_mean", "random_adjacent_sim_mean", "jump_rate")
         },
     }
+
+
+def _in_gb(by_name: dict[str, int]) -> dict[str, float]:
+    return {name: round(value / GB, 2) for name, value in by_name.items()}
 
 
 def run_local_child(corpus: Path, vectors: Path, n_docs: int, k: int, folder: Path) -> dict:

@@ -11,12 +11,27 @@ A partition's work is the local engine's, on its own documents: `tokenizer.count
 the corpus-wide unigram model, from per-partition word counts merged on the driver.
 
 The random baseline is a real packing: the kept documents fall into seeded hash buckets
-(`partition.random_bucket`, one per PARTITION_DOCS), each ordered and packed by
-`stages.random_packing`; below PARTITION_DOCS kept documents that is the local baseline.
+(`partition.random_bucket`, one per `RayOptions.random_bucket_docs` kept documents, so the
+memory a bucket needs is bounded whatever the corpus size), each ordered and packed by
+`stages.random_packing` and measured by `metrics.packing_terms`; with one bucket that is the
+local baseline, number for number. The buckets are dealt to P groups (bucket mod P): each pack
+task hands one table per group on, and one task per group measures its buckets one after the
+other, so P x P tables pass between tasks however many buckets there are.
+
+A document's kNN neighbours in other buckets are localized to -1 (`partition.localize`), which
+leaves every term exact: only `jump_rate` reads the lists, and for a pair of the same context
+(both in the bucket) it asks whether either lists the other, which the localized lists still
+answer; its denominator is the bucket's within-context pairs, and each mean's term count
+(`n_transitions`, `n_contexts`, ...) is summed over buckets by
+`metrics.combine_packing_metrics`. What changes with B buckets is the packing itself: each
+bucket ends in its own short context, so `token_efficiency` can drop by up to B - 1 partial
+contexts, and adjacent documents are drawn from a bucket rather than the corpus, which is the
+same distribution.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -32,7 +47,6 @@ from icp_core import dedup, export, metrics, pack, stages, tokenizer
 from icp_core.distributed import partition
 from icp_core.distributed.ray_order import CONTENT_COLUMNS, Ordered, home_inputs
 from icp_core.distributed.ray_util import (
-    PARTITION_DOCS,
     RayOptions,
     Report,
     fetch,
@@ -135,14 +149,15 @@ def _pack_task(
     corpus_counts: Counter,
     drops: np.ndarray,
     n_buckets: int,
+    n_groups: int,
     n_content: int,
     *parts: pa.Table,
 ) -> tuple:
     """Pack one home partition's final path (see `_assemble`), measure it, render its rows.
 
     `corpus_counts`: the corpus-wide word counts; `drops`: sorted near-copy drops.
-    Returns the context rows, a summary, then `n_buckets` tables of what the random baseline
-    reads about this partition's documents (`_random_task`), one per bucket.
+    Returns the context rows, a summary, then `n_groups` tables of what the random baseline
+    reads about this partition's documents (`_random_task`), one per group of buckets.
     """
     table, kept_ids = _assemble(path, segments, home, n_content, parts, drops, params.k)
     # number the members in doc order, as the local engine numbers kept documents
@@ -198,25 +213,67 @@ def _pack_task(
             "text": [text[:prefix] for text in texts],
         }
     )
-    bucket = partition.random_bucket(members, params.seed, n_buckets)
-    return rows, summary, *[baseline.filter(pa.array(bucket == b)) for b in range(n_buckets)]
+    group = partition.random_bucket(members, params.seed, n_buckets) % n_groups
+    by_group = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[by_group], np.arange(n_groups + 1))
+    return (
+        rows,
+        summary,
+        *[baseline.take(pa.array(by_group[lo:hi])) for lo, hi in itertools.pairwise(bounds)],
+    )
 
 
 @ray.remote
 def _random_task(
-    params: Params, corpus_counts: Counter, sep_tokens: int, has_labels: bool, *parts: pa.Table
-) -> tuple[dict[str, Any], dict[str, int]] | None:
-    """The random baseline over one bucket of kept documents: `stages.random_packing`'s
-    seeded order and packing, measured like the contexts (`metrics.packing_terms`)."""
-    table = pa.concat_tables(parts)
-    if not table.num_rows:
-        return None
-    table = table.take(pa.array(np.argsort(to_array(table, "doc"), kind="stable")))
+    params: Params,
+    corpus_counts: Counter,
+    sep_tokens: int,
+    has_labels: bool,
+    n_buckets: int,
+    *parts: pa.Table,
+) -> tuple[list[tuple[dict[str, Any], dict[str, int]]], int, bool]:
+    """The random baseline over one group of buckets, bucket by bucket (`_random_bucket`):
+    `parts` are the pack tasks' rows for the group, read in place; one bucket's rows at a time
+    are copied out, so the task's own memory is one bucket's.
+
+    Returns each bucket's terms, the group's document count, and whether every bucket's
+    packing holds each of its documents exactly once (`metrics.every_doc_once`)."""
+    # per part, its rows ordered by bucket: a bucket's rows are taken from each part, since
+    # a take from the concatenated parts would copy all of them every time
+    by_part = []
+    for part in parts:
+        bucket = partition.random_bucket(to_array(part, "doc"), params.seed, n_buckets)
+        order = np.argsort(bucket, kind="stable")
+        by_part.append((part, order, bucket[order]))
+    terms, n_docs, once = [], 0, True
+    for b in np.unique(np.concatenate([sorted_bucket for *_, sorted_bucket in by_part])):
+        pieces = []
+        for part, order, sorted_bucket in by_part:
+            lo, hi = np.searchsorted(sorted_bucket, [b, b + 1])
+            pieces.append(part.take(pa.array(order[lo:hi])))
+        rows = pa.concat_tables(pieces)
+        rows = rows.take(pa.array(np.argsort(to_array(rows, "doc"), kind="stable")))
+        measured, bucket_once = _random_bucket(rows, params, corpus_counts, sep_tokens, has_labels)
+        terms.append(measured)
+        n_docs += rows.num_rows
+        once = once and bucket_once
+    return terms, n_docs, once
+
+
+def _random_bucket(
+    table: pa.Table, params: Params, corpus_counts: Counter, sep_tokens: int, has_labels: bool
+) -> tuple[tuple[dict[str, Any], dict[str, int]], bool]:
+    """One bucket's `stages.random_packing` (seeded order and packing), measured like the
+    contexts (`metrics.packing_terms`), and whether it holds each document exactly once.
+    `table`: the bucket's rows in doc order."""
     members = to_array(table, "doc")
     doc_tokens = to_array(table, "n_tokens")
     packing = stages.random_packing(np.arange(len(members)), doc_tokens, params, sep_tokens)
     labels = np.asarray(table.column("label").to_pylist(), dtype=object) if has_labels else None
-    return metrics.packing_terms(
+    once = len(np.unique(members)) == len(members) and metrics.every_doc_once(
+        packing, np.arange(len(members)), doc_tokens, sep_tokens
+    )
+    terms = metrics.packing_terms(
         packing,
         to_matrix(table.column("vector"), np.float32),
         doc_tokens,
@@ -225,6 +282,7 @@ def _random_task(
         labels,
         metrics.word_ids(table.column("text").to_pylist(), corpus_counts=corpus_counts),
     )
+    return terms, once
 
 
 @ray.remote
@@ -288,10 +346,13 @@ def pack_stage(
     counts_ref = ray.put(corpus_counts)
     del corpus_counts
     n_kept = ordered.counts["ordered"] - len(drops["doc"])
-    n_buckets = max(1, math.ceil(n_kept / PARTITION_DOCS))
+    n_buckets = max(1, math.ceil(n_kept / options.random_bucket_docs))
+    # one random-baseline task per pack partition, each measuring a group of buckets in turn:
+    # P x P objects pass between the tasks, not P x n_buckets (20M at 1B)
+    n_groups = min(len(homes), n_buckets)
     has_labels = label_field is not None
     tasks = [
-        _pack_task.options(num_returns=2 + n_buckets).remote(
+        _pack_task.options(num_returns=2 + n_groups).remote(
             path,
             segments,
             home,
@@ -300,6 +361,7 @@ def pack_stage(
             counts_ref,
             drops_ref,
             n_buckets,
+            n_groups,
             n_content,
             *parts,
         )
@@ -311,8 +373,10 @@ def pack_stage(
         report(done, len(tasks) + 1)
     sep_tokens = len(stages.separator_for(params))
     random_parts = [
-        _random_task.remote(params, counts_ref, sep_tokens, has_labels, *[t[2 + b] for t in tasks])
-        for b in range(n_buckets)
+        _random_task.remote(
+            params, counts_ref, sep_tokens, has_labels, n_buckets, *[t[2 + g] for t in tasks]
+        )
+        for g in range(n_groups)
     ]
     offsets = np.cumsum([0] + [s["n_contexts"] for s in summaries])
     n_contexts = int(offsets[-1])
@@ -349,5 +413,11 @@ def pack_stage(
         "written_rows": int(sum(written)),
         "near_copies_dropped": len(drops["doc"]),
     }
-    random = [part for part in fetch(random_parts) if part is not None]
+    groups = fetch(random_parts)
+    random = [terms for bucket_terms, _, _ in groups for terms in bucket_terms]
+    counts["random_buckets"] = len(random)
+    # the baseline measured every kept document once: no bucket lost or repeated one
+    counts["random_docs_once"] = bool(
+        all(once for _, _, once in groups) and sum(n for _, n, _ in groups) == n_kept
+    )
     return Packed(names, summaries, random, drops, counts)

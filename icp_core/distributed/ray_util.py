@@ -6,8 +6,14 @@ Granularity constants (each is a `RayOptions` field's default):
   task busy for seconds to minutes while its (64k, 32) neighbour lists stay under 20 MB.
 - SHARD_DOCS: documents per kNN index shard (one task builds each; every search task reads
   all of them): 1M 384-d vectors are 1.5 GB as floats.
-- PARTITION_DOCS: one order partition (and one random-baseline bucket) per this many kept
-  documents: a 2M-document walk needs about 1 GB and a minute on one core.
+- PARTITION_DOCS: one order partition per this many kept documents: a 2M-document walk needs
+  about 1 GB and a minute on one core.
+- RANDOM_BUCKET_DOCS: one random-baseline bucket per this many kept documents; a task measures
+  its buckets one at a time. Measuring one holds its documents' vectors, kNN lists and texts
+  several times over (Arrow, numpy, Python strings, word ids): peak RSS, inputs and imports
+  included, measured 0.78 GB at 50k documents with 10-character texts and 2.3 GB with the
+  Python docs' texts (mean 714 words), so 25k documents stay near 1.2 GB with real texts (a
+  2M bucket grew to 15.9 GB).
 - CONTEXTS_PER_FILE: 10k contexts of 8192 tokens is about 300 MB of text per output file.
 """
 
@@ -33,6 +39,7 @@ ProgressFactory = Callable[[str], Report]
 BLOCK_DOCS = 65_536
 SHARD_DOCS = 1_048_576
 PARTITION_DOCS = 2_000_000
+RANDOM_BUCKET_DOCS = 25_000
 CONTEXTS_PER_FILE = 10_000
 
 
@@ -50,7 +57,8 @@ class RayOptions:
 
     address: a cluster to join (`ray://host:10001`, `host:6379`, `auto`); None starts a local one.
     partitions: P for the order stage; None: one per `PARTITION_DOCS` kept documents.
-    block_docs, shard_docs, contexts_per_file: work, index and output granularity.
+    block_docs, shard_docs, random_bucket_docs, contexts_per_file: work, index, random-baseline
+        and output granularity.
     stitch: join the partitions' path fragments across partitions (off only to measure what
         it brings: benchmarks/bench_partitioned.py).
     init_args: extra `ray.init` arguments for a local cluster (tests cap CPUs and memory).
@@ -60,6 +68,7 @@ class RayOptions:
     partitions: int | None = None
     block_docs: int = BLOCK_DOCS
     shard_docs: int = SHARD_DOCS
+    random_bucket_docs: int = RANDOM_BUCKET_DOCS
     contexts_per_file: int = CONTEXTS_PER_FILE
     stitch: bool = True
     init_args: dict[str, Any] = field(default_factory=dict)
