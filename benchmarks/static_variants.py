@@ -8,6 +8,10 @@ statistics of the corpus being embedded (all of it, not only the scored subset):
 - `plain`: the distil as shipped (PCA 256, model2vec's SIF weights from a Zipf guess of each
   token's frequency by its *rank in the vocabulary*, which for BERT's vocabulary is not a
   frequency order: "the" and "." get weights near 0.5);
+- `zipf-words-A`: corpus-free SIF weights a / (a + p), p from Zipf's law over each token's
+  rank in the *word* part of BERT's vocabulary (from "the", id 1996, the ids follow
+  frequency), single ASCII characters (punctuation, digits, letters) counted as frequent
+  words, other tokens (and any a corpus vocabulary added) as rare;
 - `sif-A`: SIF weights a / (a + p(token)) with p counted in the corpus (Arora et al. 2017);
 - `+center`: the corpus's mean document vector subtracted (the component every document
   shares, which is why static cosines run high);
@@ -68,6 +72,31 @@ def sif_table(unweighted: np.ndarray, counts: sp.csr_matrix, a: float) -> np.nda
     return unweighted * (a / (a + p))[:, None].astype(np.float32)
 
 
+# BERT's vocabulary: [unused] and single characters first, then words and word pieces in
+# order of frequency from "the" (id 1996); single-character "##x" pieces close it.
+FIRST_WORD_ID = 1996
+FREQUENT_RANK = 10  # what single ASCII characters count as (".", ",", "a" are top-20 words)
+
+
+def zipf_word_table(unweighted: np.ndarray, tokens: list[str], a: float) -> np.ndarray:
+    """Token rows weighted a / (a + p), p by Zipf's law over the token's frequency rank in
+    the packaged model's vocabulary (see FIRST_WORD_ID); no corpus needed."""
+    source = embed.resolve_model_path(None)
+    vocabulary = {t: i for i, t in enumerate((source / "vocab.txt").read_text().split("\n"))}
+    rare = len(vocabulary)
+    ranks = np.empty(len(tokens), dtype=np.float64)
+    for row, token in enumerate(tokens):
+        original = vocabulary.get(token, rare + FIRST_WORD_ID)
+        if original >= FIRST_WORD_ID:
+            ranks[row] = original - FIRST_WORD_ID + 1
+        elif len(token) == 1 and token.isascii():
+            ranks[row] = FREQUENT_RANK
+        else:
+            ranks[row] = rare
+    p = (1 / ranks) / np.sum(1 / np.arange(1, rare + 1))
+    return unweighted * (a / (a + p))[:, None].astype(np.float32)
+
+
 def remove_common(table: np.ndarray, counts: sp.csr_matrix, top: int) -> np.ndarray:
     """The table less the corpus's mean document vector and (top > 0) its `top` main
     directions, taken over the documents' mean token rows (before normalising): subtracting
@@ -119,7 +148,7 @@ def main() -> None:
         print("| variant | share of bound | of full's share | top-10 overlap | build CPU s |")
         print("|---|---:|---:|---:|---:|")
         other = next(c for c in corpora if c != name)
-        for label, stats_from, build in variants(args, unweighted, table):
+        for label, stats_from, build in variants(args, unweighted, table, model.tokens):
             corpus_counts, subset_counts = counted[other if stats_from else name]
             started = time.process_time()
             built = build(corpus_counts)
@@ -137,10 +166,17 @@ def main() -> None:
         print(f"  load average now {machine().split('load average ')[1].split(', Python')[0]}")
 
 
-def variants(args, unweighted: np.ndarray, table: np.ndarray):
+def variants(args, unweighted: np.ndarray, table: np.ndarray, tokens: list[str]):
     """(label, statistics from the other corpus, table builder from corpus counts)."""
     yield "plain", False, lambda counts: table
     yield "plain+center", False, lambda counts: remove_common(table, counts, 0)
+    for a in (float(x) for x in args.sif.split(",")):
+        yield f"zipf-words-{a:g}", False, lambda counts, a=a: zipf_word_table(unweighted, tokens, a)
+        yield (
+            f"zipf-words-{a:g}+top-1",
+            False,
+            lambda counts, a=a: remove_common(zipf_word_table(unweighted, tokens, a), counts, 1),
+        )
     for a in (float(x) for x in args.sif.split(",")):
         yield f"sif-{a:g}", False, lambda counts, a=a: sif_table(unweighted, counts, a)
         yield (
@@ -157,8 +193,10 @@ def variants(args, unweighted: np.ndarray, table: np.ndarray):
                 ),
             )
     a = float(args.sif.split(",")[0])
-    yield f"sif-{a:g}+center", True, lambda counts: remove_common(
-        sif_table(unweighted, counts, a), counts, 0
+    yield (
+        f"sif-{a:g}+center",
+        True,
+        lambda counts: remove_common(sif_table(unweighted, counts, a), counts, 0),
     )
 
 
