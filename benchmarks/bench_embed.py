@@ -11,7 +11,8 @@ No dedup (the options would remove different documents).
 
 Options: `full` (all-MiniLM-L6-v2 at its 256 tokens), `full-128` / `full-64` (the same cut
 to the first 128 / 64 tokens, `--max-tokens`), `static` (`--model static`, model2vec
-distilled from the full model: what `static_embed.static_model_path` builds), `full-32`
+distilled from the full model and re-weighted: what `static_embed.static_model_path` builds),
+`static-distil` (the same distil before re-weighting, what `--model static` was), `full-32`
 (the full model on the first 32 tokens) and `rerank-32` (each document's 50 nearest by the
 static model re-scored with `full-32` vectors, the best 10 kept: its time is both models').
 Every option embeds the same texts in one run.
@@ -35,7 +36,7 @@ import time
 import numpy as np
 from _bench_util import CORPORA, CORPUS_FILES, VECTOR_CACHE, machine
 
-from icp_core import embed, knn, metrics, traverse
+from icp_core import embed, knn, metrics, static_embed, traverse
 from icp_core.params import DEFAULT_ORDER
 
 K = 10
@@ -45,6 +46,7 @@ OPTIONS = {
     "full-64": (None, 64),
     "full-32": (None, 32),
     "static": ("static", None),
+    "static-distil": ("static-distil", None),  # the plain distil, before STATIC_WEIGHTING
     "static-whole": ("static", 1_000_000),  # the static model on whole texts, not 512 tokens
 }
 # "static@FOLDER": any saved model2vec folder (a distil variant, benchmarks/distil_static.py)
@@ -59,6 +61,10 @@ def option_model(option: str) -> tuple[str | None, int | None]:
     """(--model, --max-tokens) of an option."""
     if option.startswith(FOLDER_OPTION):
         return option.removeprefix(FOLDER_OPTION), None
+    if option == "static-distil":
+        source = embed.resolve_model_path(None)
+        key = embed.model_key(str(source), None)
+        return str(static_embed.static_model_path(source, key, weighted=False)), None
     return OPTIONS[option]
 
 

@@ -9,10 +9,12 @@ statistics of the corpus being embedded (all of it, not only the scored subset):
   token's frequency by its *rank in the vocabulary*, which for BERT's vocabulary is not a
   frequency order: "the" and "." get weights near 0.5);
 - `zipf-words-A`: corpus-free SIF weights a / (a + p), p from Zipf's law over each token's
-  rank in the *word* part of BERT's vocabulary (from "the", id 1996, the ids follow
-  frequency), single ASCII characters (punctuation, digits, letters) counted as frequent
-  words, other tokens (and any a corpus vocabulary added) as rare;
+  rank in the *word* part of BERT's vocabulary (`static_embed.word_rank_probabilities`:
+  from "the", id 1996, the ids follow frequency);
 - `sif-A`: SIF weights a / (a + p(token)) with p counted in the corpus (Arora et al. 2017);
+- `+zipf-center`: the Zipf-weighted mean token row subtracted (corpus-free centring);
+  `zipf-words-0.001+zipf-center` is what `--model static` now ships
+  (`static_embed.reweighted_table`);
 - `+center`: the corpus's mean document vector subtracted (the component every document
   shares, which is why static cosines run high);
 - `+top-D`: also the D main directions of the corpus's centred document vectors removed
@@ -65,35 +67,14 @@ def doc_vectors(counts: sp.csr_matrix, table: np.ndarray) -> np.ndarray:
     return sums / np.maximum(norms, np.float32(1e-12))
 
 
-def sif_table(unweighted: np.ndarray, counts: sp.csr_matrix, a: float) -> np.ndarray:
-    """Token rows weighted a / (a + p), p the token's add-one smoothed share in counts."""
+def corpus_probabilities(counts: sp.csr_matrix) -> np.ndarray:
+    """Each token's add-one smoothed share of the tokens in counts."""
     per_token = np.asarray(counts.sum(axis=0)).ravel() + 1.0
-    p = per_token / per_token.sum()
-    return unweighted * (a / (a + p))[:, None].astype(np.float32)
+    return per_token / per_token.sum()
 
 
-# BERT's vocabulary: [unused] and single characters first, then words and word pieces in
-# order of frequency from "the" (id 1996); single-character "##x" pieces close it.
-FIRST_WORD_ID = 1996
-FREQUENT_RANK = 10  # what single ASCII characters count as (".", ",", "a" are top-20 words)
-
-
-def zipf_word_table(unweighted: np.ndarray, tokens: list[str], a: float) -> np.ndarray:
-    """Token rows weighted a / (a + p), p by Zipf's law over the token's frequency rank in
-    the packaged model's vocabulary (see FIRST_WORD_ID); no corpus needed."""
-    source = embed.resolve_model_path(None)
-    vocabulary = {t: i for i, t in enumerate((source / "vocab.txt").read_text().split("\n"))}
-    rare = len(vocabulary)
-    ranks = np.empty(len(tokens), dtype=np.float64)
-    for row, token in enumerate(tokens):
-        original = vocabulary.get(token, rare + FIRST_WORD_ID)
-        if original >= FIRST_WORD_ID:
-            ranks[row] = original - FIRST_WORD_ID + 1
-        elif len(token) == 1 and token.isascii():
-            ranks[row] = FREQUENT_RANK
-        else:
-            ranks[row] = rare
-    p = (1 / ranks) / np.sum(1 / np.arange(1, rare + 1))
+def sif_weighted(unweighted: np.ndarray, p: np.ndarray, a: float) -> np.ndarray:
+    """Token rows weighted a / (a + p) (smooth inverse frequency)."""
     return unweighted * (a / (a + p))[:, None].astype(np.float32)
 
 
@@ -122,7 +103,12 @@ def main() -> None:
     from model2vec import StaticModel
     from model2vec.distill.inference import compute_weights
 
-    path = embed.resolve_model_path(args.model)
+    if args.model == "static":  # the plain distil that the variants start from
+        source = embed.resolve_model_path(None)
+        key = embed.model_key(str(source), None)
+        path = static_embed.static_model_path(source, key, weighted=False)
+    else:
+        path = embed.resolve_model_path(args.model)
     model = StaticModel.from_pretrained(str(path), force_download=False)
     table = np.asarray(model.embedding, dtype=np.float32)
     unweighted = table / compute_weights(len(table), SIF_BASELINE)[:, None].astype(np.float32)
@@ -168,36 +154,30 @@ def main() -> None:
 
 def variants(args, unweighted: np.ndarray, table: np.ndarray, tokens: list[str]):
     """(label, statistics from the other corpus, table builder from corpus counts)."""
+    words = (embed.resolve_model_path(None) / "vocab.txt").read_text().splitlines()
+    zipf = static_embed.word_rank_probabilities(tokens, words)
     yield "plain", False, lambda counts: table
     yield "plain+center", False, lambda counts: remove_common(table, counts, 0)
     for a in (float(x) for x in args.sif.split(",")):
-        yield f"zipf-words-{a:g}", False, lambda counts, a=a: zipf_word_table(unweighted, tokens, a)
+        weighted = sif_weighted(unweighted, zipf, a)
+        yield f"zipf-words-{a:g}", False, lambda counts, t=weighted: t
         yield (
-            f"zipf-words-{a:g}+top-1",
+            f"zipf-words-{a:g}+zipf-center",
             False,
-            lambda counts, a=a: remove_common(zipf_word_table(unweighted, tokens, a), counts, 1),
+            lambda c, a=a: static_embed.reweighted_table(unweighted, zipf, a),
         )
+        yield f"zipf-words-{a:g}+center", False, lambda c, t=weighted: remove_common(t, c, 0)
+        yield f"zipf-words-{a:g}+top-1", False, lambda c, t=weighted: remove_common(t, c, 1)
     for a in (float(x) for x in args.sif.split(",")):
-        yield f"sif-{a:g}", False, lambda counts, a=a: sif_table(unweighted, counts, a)
-        yield (
-            f"sif-{a:g}+center",
-            False,
-            lambda counts, a=a: remove_common(sif_table(unweighted, counts, a), counts, 0),
-        )
+
+        def sif(counts: sp.csr_matrix, a: float = a) -> np.ndarray:
+            return sif_weighted(unweighted, corpus_probabilities(counts), a)
+
+        yield f"sif-{a:g}", False, sif
+        yield f"sif-{a:g}+center", False, lambda c, sif=sif: remove_common(sif(c), c, 0)
         for top in (int(x) for x in args.top.split(",")):
-            yield (
-                f"sif-{a:g}+top-{top}",
-                False,
-                lambda counts, a=a, top=top: remove_common(
-                    sif_table(unweighted, counts, a), counts, top
-                ),
-            )
-    a = float(args.sif.split(",")[0])
-    yield (
-        f"sif-{a:g}+center",
-        True,
-        lambda counts: remove_common(sif_table(unweighted, counts, a), counts, 0),
-    )
+            yield f"sif-{a:g}+top-{top}", False, lambda c, s=sif, n=top: remove_common(s(c), c, n)
+        yield f"sif-{a:g}+center", True, lambda c, sif=sif: remove_common(sif(c), c, 0)
 
 
 if __name__ == "__main__":
