@@ -38,10 +38,12 @@ STATIC_PCA_DIMS = 256
 # long texts average more words, which helps a bag of words).
 STATIC_MAX_TOKENS = 512
 # The static model's cosines run higher than the full model's (a bag of token vectors shares
-# most of its mass between any two texts on one topic): at 0.95 it removed 71 distinct-looking
-# Python-docs sections where the full model removed 7; at 0.98 the pairs it removes are
-# near-verbatim copies (median trigram Jaccard 0.80). benchmarks/dedup_threshold.py, BENCHMARKS.md.
-STATIC_DEDUP_THRESHOLD = 0.98
+# most of its mass between any two texts on one topic). For the re-weighted table
+# (STATIC_WEIGHTING) 0.97 flags mostly shared text on both corpora (median word 5-shingle
+# Jaccard 0.80 on the Python docs, 0.73 on Debian, where it removes about what the full model
+# removes at 0.95) and catches 80-85% of the textual near-copies among the neighbours; 0.98
+# missed a quarter of them on Debian. benchmarks/dedup_threshold.py, BENCHMARKS.md (issue 15).
+STATIC_DEDUP_THRESHOLD = 0.97
 
 # model2vec weighs each token's row a / (a + p) (smooth inverse frequency, Arora et al. 2017)
 # with p guessed by Zipf's law from the token's *row*. BERT's vocabulary lists ~1,000 unused
