@@ -60,6 +60,12 @@ STATIC_SIF = 1e-3
 STATIC_WEIGHTING = f"wordrank-sif{STATIC_SIF:g}-centred"
 
 
+BUILD_NEEDS = (
+    "--model static is built with model2vec's distill extra: pip install 'model2vec[distill]', "
+    "or pass --model with a saved model2vec folder"
+)
+
+
 def cache_root() -> Path:
     """Where distilled models are kept: $ICP_CACHE_DIR or ~/.cache/icp-workbench."""
     return Path(os.environ.get("ICP_CACHE_DIR") or Path.home() / ".cache" / "icp-workbench")
@@ -117,10 +123,7 @@ def distil(
     try:
         from model2vec.distill import distill
     except ImportError:
-        raise IcpError(
-            "--model static needs model2vec with its distill extra: "
-            "pip install 'model2vec[distill]'"
-        ) from None
+        raise IcpError(BUILD_NEEDS) from None
     print(
         f"distilling a static model from {source} into {target} "
         "(once; a few minutes on a CPU, cached for later runs)",
@@ -170,8 +173,11 @@ def reweighted_table(
 
 def weight_by_word_rank(distilled: Path, target: Path, words: Sequence[str]) -> None:
     """Save `distilled`'s model with its rows re-weighted (`reweighted_table`) into target."""
-    from model2vec import StaticModel
-    from model2vec.distill.inference import compute_weights
+    try:
+        from model2vec import StaticModel
+        from model2vec.distill.inference import compute_weights
+    except ImportError:
+        raise IcpError(BUILD_NEEDS) from None
 
     model = StaticModel.from_pretrained(str(distilled), force_download=False)
     table = np.asarray(model.embedding, dtype=np.float64)

@@ -7,11 +7,14 @@ and the run excludes slow tests)."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
 from icp_core import cli, embed, export, pipeline, stages, static_embed
 from icp_core.dedup import DEFAULT_THRESHOLD
+from icp_core.errors import IcpError
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 from tests.conftest import TINY_PARAMS
@@ -105,6 +108,15 @@ def test_weighting_lets_a_rare_word_outweigh_a_frequent_one(tiny_static, tmp_pat
     sharp = embed.embed_texts(embed.load_model(str(weighted), "cpu", None), texts)
     assert plain[0] @ plain[1] < 0.6  # "the" x4 dominates the plain mean
     assert sharp[0] @ sharp[1] > 0.95
+
+
+def test_weighting_without_the_distill_extra_names_the_install_and_the_folder_option(
+    tiny_static, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "model2vec.distill.inference", None)  # import fails
+    with pytest.raises(IcpError, match=r"pip install 'model2vec\[distill\]', or pass --model"):
+        static_embed.weight_by_word_rank(tiny_static, tmp_path / "weighted", ["the"])
+    assert not (tmp_path / "weighted").exists()
 
 
 @pytest.mark.slow
