@@ -122,7 +122,7 @@ def ordering_share(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=1000, help="random subset per corpus; 0: all")
-    parser.add_argument("--options", default=",".join(OPTIONS))
+    parser.add_argument("--options", default=",".join([*OPTIONS, RERANK_OPTION + "32"]))
     parser.add_argument("--corpus", action="append", choices=sorted(CORPUS_FILES))
     parser.add_argument("--rate-docs", type=int, default=200, help="see the module docstring")
     args = parser.parse_args()
