@@ -11,8 +11,11 @@ No dedup (the options would remove different documents).
 
 Options: `full` (all-MiniLM-L6-v2 at its 256 tokens), `full-128` / `full-64` (the same cut
 to the first 128 / 64 tokens, `--max-tokens`), `static` (`--model static`, model2vec
-distilled from the full model: what `static_embed.static_model_path` builds). Every option
-embeds the same texts in one run.
+distilled from the full model and re-weighted: what `static_embed.static_model_path` builds),
+`static-distil` (the same distil before re-weighting, what `--model static` was), `full-32`
+(the full model on the first 32 tokens) and `rerank-32` (each document's 50 nearest by the
+static model re-scored with `full-32` vectors, the best 10 kept: its time is both models').
+Every option embeds the same texts in one run.
 
 The full model's vectors of a subset are cached (`benchmarks/.cache/NAME-N-of-M-full.npy`):
 a later run on the same subset measures the full model's speed on its first `--rate-docs`
@@ -33,7 +36,7 @@ import time
 import numpy as np
 from _bench_util import CORPORA, CORPUS_FILES, VECTOR_CACHE, machine
 
-from icp_core import embed, knn, metrics, traverse
+from icp_core import embed, knn, metrics, static_embed, traverse
 from icp_core.params import DEFAULT_ORDER
 
 K = 10
@@ -41,17 +44,27 @@ OPTIONS = {
     "full": (None, None),
     "full-128": (None, 128),
     "full-64": (None, 64),
+    "full-32": (None, 32),
     "static": ("static", None),
+    "static-distil": ("static-distil", None),  # the plain distil, before STATIC_WEIGHTING
     "static-whole": ("static", 1_000_000),  # the static model on whole texts, not 512 tokens
 }
 # "static@FOLDER": any saved model2vec folder (a distil variant, benchmarks/distil_static.py)
 FOLDER_OPTION = "static@"
+# "rerank-N": the static model's RERANK_POOL nearest re-scored with the full model's vectors
+# of the first N tokens (both options must be in the run: "full-N" is added when missing)
+RERANK_OPTION = "rerank-"
+RERANK_POOL = 50
 
 
 def option_model(option: str) -> tuple[str | None, int | None]:
     """(--model, --max-tokens) of an option."""
     if option.startswith(FOLDER_OPTION):
         return option.removeprefix(FOLDER_OPTION), None
+    if option == "static-distil":
+        source = embed.resolve_model_path(None)
+        key = embed.model_key(str(source), None)
+        return str(static_embed.static_model_path(source, key, weighted=False)), None
     return OPTIONS[option]
 
 
@@ -84,8 +97,23 @@ def embed_with(option: str, texts: list[str]) -> tuple[np.ndarray, float, float,
     return out, seconds, loaded, cpu
 
 
-def ordering_share(vectors: np.ndarray, reference: np.ndarray, bound: float) -> float:
-    ids, sims = knn.knn_search(vectors, K, index="flat")
+def reranked_graph(candidates: np.ndarray, scorer: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's RERANK_POOL nearest by `candidates`, the K most similar of them by `scorer`."""
+    pool, _ = knn.knn_search(candidates, RERANK_POOL, index="flat")
+    sims = np.einsum("nd,nkd->nk", scorer, scorer[pool])
+    best = np.argsort(-sims, axis=1, kind="stable")[:, :K]
+    return np.take_along_axis(pool, best, 1), np.take_along_axis(sims, best, 1)
+
+
+def ordering_share(
+    vectors: np.ndarray,
+    reference: np.ndarray,
+    bound: float,
+    graph: tuple[np.ndarray, np.ndarray] | None = None,
+) -> float:
+    """The share of `bound` that the default ordering of the kNN graph of `vectors` (or of
+    `graph`, (ids, sims)) reaches, adjacent similarities taken from `reference`."""
+    ids, sims = graph or knn.knn_search(vectors, K, index="flat")
     order = traverse.traverse(ids, sims, DEFAULT_ORDER)
     adjacent = np.einsum("nd,nd->n", reference[order[:-1]], reference[order[1:]]).mean()
     return float(adjacent / bound)
@@ -94,11 +122,15 @@ def ordering_share(vectors: np.ndarray, reference: np.ndarray, bound: float) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=1000, help="random subset per corpus; 0: all")
-    parser.add_argument("--options", default=",".join(OPTIONS))
+    parser.add_argument("--options", default=",".join([*OPTIONS, RERANK_OPTION + "32"]))
     parser.add_argument("--corpus", action="append", choices=sorted(CORPUS_FILES))
     parser.add_argument("--rate-docs", type=int, default=200, help="see the module docstring")
     args = parser.parse_args()
     options = ["full"] + [o for o in args.options.split(",") if o != "full"]
+    for option in [o for o in options if o.startswith(RERANK_OPTION)]:
+        scorer = "full-" + option.removeprefix(RERANK_OPTION)
+        options += [o for o in ("static", scorer) if o not in options]
+        OPTIONS.setdefault(scorer, (None, int(scorer.removeprefix("full-"))))
     print(f"machine: {machine()}")
     for name in args.corpus or ["pydocs", "debian"]:
         texts, n_corpus = read_texts(name, args.docs)
@@ -111,7 +143,7 @@ def main() -> None:
             reference = np.load(cache)
             print(f"  the full model's vectors of these documents: {cache}")
         results = {}
-        for option in options:
+        for option in [o for o in options if not o.startswith(RERANK_OPTION)]:
             # with the full model's vectors cached, its speed is measured on the first
             # rate_docs texts only
             sampled = option == "full" and reference is not None
@@ -124,6 +156,17 @@ def main() -> None:
                 f"  embedded {len(measured):,} with {option}: {seconds:.1f} s wall, "
                 f"{cpu:.1f} s CPU",
                 flush=True,
+            )
+        graphs = {}
+        for option in [o for o in options if o.startswith(RERANK_OPTION)]:
+            scorer = "full-" + option.removeprefix(RERANK_OPTION)
+            static, full_n = results["static"], results[scorer]
+            graphs[option] = reranked_graph(static[0], full_n[0])
+            results[option] = (
+                None,
+                1 / (1 / static[1] + 1 / full_n[1]),
+                1 / (1 / static[2] + 1 / full_n[2]),
+                static[3] + full_n[3],
             )
         if reference is None:
             reference = results["full"][0]
@@ -141,7 +184,7 @@ def main() -> None:
         full_rate, full_cpu_rate = results["full"][1], results["full"][2]
         for option in options:
             vectors, rate, cpu_rate, loaded = results[option]
-            share = ordering_share(vectors, reference, bound)
+            share = ordering_share(vectors, reference, bound, graphs.get(option))
             print(
                 f"| {option} | {rate:,.0f} | {rate / full_rate:.1f}x | {cpu_rate:,.0f} | "
                 f"{cpu_rate / full_cpu_rate:.1f}x | {loaded:.1f} | "

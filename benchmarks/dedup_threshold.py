@@ -20,7 +20,7 @@ from icp_core import stages
 from icp_core.dedup import find_duplicates
 from icp_core.workspace import Workspace
 
-THRESHOLDS = (0.80, 0.85, 0.90, 0.93, 0.95, 0.97, 0.98, 0.99)
+THRESHOLDS = (0.80, 0.85, 0.90, 0.93, 0.95, 0.96, 0.97, 0.98, 0.99)
 _WORD = re.compile(r"\w+")
 
 

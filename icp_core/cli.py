@@ -59,7 +59,7 @@ KOpt = Annotated[int | None, typer.Option("--k", help="Neighbours per document [
 IndexOpt = Annotated[str | None, typer.Option(help="auto, flat, ivf or hnsw [auto].")]
 ThresholdOpt = Annotated[
     float | None,
-    typer.Option(help="Cosine at or above which documents are duplicates [0.95; static 0.98]."),
+    typer.Option(help="Cosine at or above which documents are duplicates [0.95; static 0.97]."),
 ]
 NoDedupOpt = Annotated[bool, typer.Option("--no-dedup", help="Keep near-duplicates.")]
 OrderOpt = Annotated[

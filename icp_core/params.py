@@ -68,7 +68,7 @@ class Params:
     vectors: str | None = None  # a .npy/.parquet of precomputed embeddings instead of a model
     k: int = 10
     index: str = "auto"
-    # None: no dedup; unset: default_dedup_threshold(model, vectors), 0.95 or 0.98 for static
+    # None: no dedup; unset: default_dedup_threshold(model, vectors), 0.95 or 0.97 for static
     dedup_threshold: float | None = DEDUP_BY_MODEL
     order: str = DEFAULT_ORDER
     seed: int = 0
@@ -89,7 +89,7 @@ class Params:
 
     def updated(self, **changes: Any) -> Params:
         """A copy with the given fields changed. A dedup threshold at the current model's
-        default follows the model: switching to `static` moves 0.95 to 0.98 and back (a
+        default follows the model: switching to `static` moves 0.95 to 0.97 and back (a
         threshold chosen to equal the old default moves too; pass it again to keep it)."""
         known = {f.name for f in fields(self)}
         unknown = set(changes) - known

@@ -7,11 +7,14 @@ and the run excludes slow tests)."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
 from icp_core import cli, embed, export, pipeline, stages, static_embed
 from icp_core.dedup import DEFAULT_THRESHOLD
+from icp_core.errors import IcpError
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 from tests.conftest import TINY_PARAMS
@@ -63,9 +66,57 @@ def test_static_resolves_to_the_cache_folder_named_by_its_source(tmp_path, monke
     key = embed.model_key(str(source), None)
     first = static_embed.static_model_path(source, key, build=False)
     assert first.parent == tmp_path and first.name.startswith("static-")
+    distilled = static_embed.static_model_path(source, key, build=False, weighted=False)
+    assert first.name == f"{distilled.name}-{static_embed.STATIC_WEIGHTING}"
     assert static_embed.static_model_path(source, key, pca_dims=64, build=False) != first
     assert static_embed.static_model_path(source, key, vocabulary=["x"], build=False) != first
     assert static_embed.static_model_path(source, key + "x", build=False) != first
+
+
+def test_word_rank_probabilities_follow_the_vocabulary_from_its_first_word():
+    words = [f"[unused{i}]" for i in range(static_embed.FIRST_WORD_ID)] + ["the", "of", "##s"]
+    words[1010] = "."
+    words[1500] = "é"
+    tokens = ["of", "the", ".", "é", "[PAD]", "added", "##s"]
+    p = static_embed.word_rank_probabilities(tokens, words)
+    rarest = static_embed.FREQUENT_RANK  # three words: the rarest rank is floored at this
+    assert p[1] / p[0] == pytest.approx(2.0)  # Zipf: rank 1 twice as likely as rank 2
+    assert p[1] / p[6] == pytest.approx(3.0)
+    assert p[2] == pytest.approx(p[1] / static_embed.FREQUENT_RANK)  # ASCII character
+    assert p[3] == p[4] == p[5] == pytest.approx(p[1] / rarest)  # other characters, added words
+
+
+def test_reweighted_table_shrinks_frequent_rows_and_centres_on_the_expected_text():
+    rng = np.random.default_rng(1)
+    unweighted = rng.normal(size=(5, 8))
+    p = np.array([0.5, 0.3, 0.1, 0.05, 0.05])
+    table = static_embed.reweighted_table(unweighted, p, sif=0.01)
+    assert table.dtype == np.float32 and table.shape == (5, 8)
+    np.testing.assert_allclose(p @ table, 0.0, atol=1e-6)  # a text drawn from p: no vector
+    weights = 0.01 / (0.01 + p)
+    moved = (table[1] - table[0]) / (unweighted[1] * weights[1] - unweighted[0] * weights[0])
+    np.testing.assert_allclose(moved, 1.0, rtol=1e-5)  # rows differ by their weighted rows
+
+
+def test_weighting_lets_a_rare_word_outweigh_a_frequent_one(tiny_static, tmp_path):
+    words = (embed.resolve_model_path(None) / "vocab.txt").read_text().splitlines()
+    weighted = tmp_path / "weighted"
+    static_embed.weight_by_word_rank(tiny_static, weighted, words)
+    assert static_embed.is_static_folder(weighted)
+    texts = ["the the the the galaxy", "galaxy"]
+    plain = embed.embed_texts(embed.load_model(str(tiny_static), "cpu", None), texts)
+    sharp = embed.embed_texts(embed.load_model(str(weighted), "cpu", None), texts)
+    assert plain[0] @ plain[1] < 0.6  # "the" x4 dominates the plain mean
+    assert sharp[0] @ sharp[1] > 0.95
+
+
+def test_weighting_without_the_distill_extra_names_the_install_and_the_folder_option(
+    tiny_static, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "model2vec.distill.inference", None)  # import fails
+    with pytest.raises(IcpError, match=r"pip install 'model2vec\[distill\]', or pass --model"):
+        static_embed.weight_by_word_rank(tiny_static, tmp_path / "weighted", ["the"])
+    assert not (tmp_path / "weighted").exists()
 
 
 @pytest.mark.slow
