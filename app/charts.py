@@ -331,17 +331,12 @@ def neighborhood_figure(nodes: pd.DataFrame, edges: pd.DataFrame, center: int) -
     for hop, (name, symbol, size, color) in styles.items():
         rows = nodes[nodes["hop"] == hop]
         if len(rows):
-            # names on the chosen document, its neighbours and the path; 2-hop ones on hover
-            names = _escape(rows["id"].str.rsplit("/", n=1).str[-1], 32) if hop != 2 else None
             fig.add_trace(
                 go.Scatter(
                     x=rows["x"],
                     y=rows["y"],
-                    mode="markers+text" if names else "markers",
+                    mode="markers",
                     name=name,
-                    text=names,
-                    textposition="bottom center",
-                    textfont=dict(size=10, color="#37474f"),
                     marker=dict(
                         size=size, symbol=symbol, color=color, line=dict(width=1, color="white")
                     ),
@@ -350,6 +345,22 @@ def neighborhood_figure(nodes: pd.DataFrame, edges: pd.DataFrame, center: int) -
                     hoverinfo="text",
                 )
             )
+    # names on the chosen document, its neighbours and the path (2-hop ones on hover), as
+    # annotations on a white backing: plotly draws annotations, the step arrows included,
+    # above every trace, so a trace's text would sit under an arrow that crosses it
+    named = nodes[nodes["hop"] != 2]
+    for x, y, label in zip(
+        named["x"], named["y"], _escape(named["id"].str.rsplit("/", n=1).str[-1], 32), strict=True
+    ):
+        fig.add_annotation(
+            x=x,
+            y=y,
+            text=label,
+            showarrow=False,
+            yshift=-14,
+            font=dict(size=10, color="#37474f"),
+            bgcolor="rgba(255,255,255,0.85)",
+        )
     fig.update_layout(
         height=620,
         margin=dict(l=10, r=10, t=10, b=10),

@@ -70,3 +70,37 @@ def test_labels_beyond_the_palette_are_grouped_and_said(tmp_path):
 def test_similarity_histogram_has_both_distributions():
     fig = charts.similarity_histogram(np.array([0.5, 0.6]), np.array([0.1, 0.2]), "icp")
     assert [t.name for t in fig.data] == ["icp (current)", "random packing"]
+
+
+def test_graph_names_sit_above_the_step_arrows_on_a_backing():
+    nodes = pd.DataFrame(
+        {
+            "doc": [0, 1, 2, 3],
+            "hop": [0, 1, 1, 2],
+            "x": [0.0, 1.0, 0.0, 1.0],
+            "y": [0.0, 0.0, 1.0, 1.0],
+            "id": ["src/a<b>", "src/b", "src/c", "src/far"],
+            "label": None,
+            "context": 0,
+            "preview": "",
+        }
+    )
+    edges = pd.DataFrame(
+        {
+            "source": [0, 2, 1],
+            "target": [1, 1, 3],
+            "sim": [0.9, 0.6, 0.4],
+            "knn": True,
+            "path": [True, True, False],
+            "jump": False,
+        }
+    )
+    fig = charts.neighborhood_figure(nodes, edges, center=0)
+    annotations = list(fig.layout.annotations)
+    arrows = [a for a in annotations if a.showarrow]
+    names = [a for a in annotations if not a.showarrow]
+    assert len(arrows) == 2
+    # drawn after every arrow (later annotations paint on top), escaped, 2-hop ones left out
+    assert annotations.index(names[0]) > max(annotations.index(a) for a in arrows)
+    assert [a.text for a in names] == ["a&lt;b&gt;", "b", "c"]
+    assert all(a.bgcolor for a in names)
