@@ -26,6 +26,10 @@ from icp_core.errors import IcpError, NoSpace, WorkspaceBusy, WorkspaceDamaged
 from icp_core.faults import crash_point
 
 FORMAT_VERSION = 1
+# DuckDB keeps the blocks it reads cached up to its memory limit (80% of RAM by default); on a
+# large corpus that cache is most of a stage's memory (BENCHMARKS.md, issue 15). This variable
+# caps it (for example 2GB): what does not fit spills to a temporary folder.
+MEMORY_LIMIT_VARIABLE = "ICP_DUCKDB_MEMORY"
 
 # DuckDB messages that mean the file cannot be read back (cut short, blocks whose checksums
 # fail, a write-ahead log that does not replay); matched on text as DuckDB raises them as
@@ -186,17 +190,22 @@ class Workspace:
                 f"{self.path}: not a DuckDB workspace file; "
                 "pass a new path or an existing workspace to --workspace"
             )
+        # never fetch extensions: a SQLite or other file must not trigger a download
+        config: dict[str, Any] = {"autoinstall_known_extensions": False}
+        memory = os.environ.get(MEMORY_LIMIT_VARIABLE)
+        if memory:
+            config["memory_limit"] = memory
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                # never fetch extensions: a SQLite or other file must not trigger a download
-                return duckdb.connect(
-                    str(self.path),
-                    read_only=self.read_only,
-                    config={"autoinstall_known_extensions": False},
-                )
+                return duckdb.connect(str(self.path), read_only=self.read_only, config=config)
             except duckdb.Error as err:
                 message = str(err)
+                if memory and "memory" in message.lower():
+                    raise IcpError(
+                        f"{MEMORY_LIMIT_VARIABLE}={memory}: not a memory size DuckDB reads; "
+                        "set it like 2GB or 512MB, or unset it"
+                    ) from None
                 if "not a valid DuckDB database" in message or "Magic" in message:
                     raise IcpError(
                         f"{self.path}: not a DuckDB workspace file; "

@@ -122,6 +122,16 @@ class TestWorkspaceFiles:
         assert time.monotonic() - started > 1
         holder.wait(timeout=30)
 
+    def test_duckdb_memory_cap_applies_and_a_bad_value_is_one_line(
+        self, tiny_workspace, monkeypatch
+    ):
+        monkeypatch.setenv("ICP_DUCKDB_MEMORY", "300MB")
+        with Workspace(tiny_workspace, read_only=True) as ws:
+            limit = ws.scalar("SELECT current_setting('memory_limit')")
+        assert limit == "286.1 MiB"  # 300 MB as DuckDB prints it
+        result = icp("metrics", "-w", tiny_workspace, env={"ICP_DUCKDB_MEMORY": "lots"})
+        one_line(result, ExitCode.USAGE, "ICP_DUCKDB_MEMORY=lots: not a memory size")
+
     def test_readers_share_a_workspace(self, tiny_workspace):
         with (
             Workspace(tiny_workspace, read_only=True) as first,
