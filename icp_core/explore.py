@@ -15,6 +15,7 @@ import pandas as pd
 
 from icp_core import metrics, pack, pipeline, stages, traverse
 from icp_core.errors import IcpError
+from icp_core.ingest import meta_field_path
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 
@@ -33,8 +34,8 @@ CONTENT_PIECE = "(c.token_end > c.token_start OR c.token_start = 0)"
 def _label_sql(label_field: str | None) -> str:
     if label_field is None:
         return "NULL::VARCHAR"
-    quoted = label_field.replace("'", "''")
-    return f"json_extract_string(meta, '$.{quoted}')"
+    quoted = meta_field_path(label_field).replace("'", "''")
+    return f"json_extract_string(meta, '{quoted}')"
 
 
 def _preview_sql(column: str) -> str:

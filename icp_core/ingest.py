@@ -159,6 +159,17 @@ def repeated_ids(ids: Sequence[str]) -> tuple[list[int], list[int]]:
     return rows, firsts
 
 
+def meta_field_path(field: str) -> str:
+    """The JSON path of a top-level field of the stored meta, quoted so that any name (dots,
+    brackets, quotes, spaces) is one key, never a path expression.
+
+    >>> meta_field_path('a.b'), meta_field_path('say "hi"')
+    ('$."a.b"', '$."say \\\\"hi\\\\""')
+    """
+    escaped = field.replace("\\", "\\\\").replace('"', '\\"')
+    return f'$."{escaped}"'
+
+
 def label_values(metas: Sequence[str | None], label_field: str) -> list[str | None]:
     """Each row's `label_field` as DuckDB's json_extract_string gives it from the stored meta
     (strings bare, other values as JSON, None where absent)."""

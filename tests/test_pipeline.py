@@ -8,12 +8,18 @@ import os
 import numpy as np
 import pytest
 
-from icp_core import check, pipeline, stages
+from icp_core import check, explore, pipeline, stages
 from icp_core.errors import IcpError
 from icp_core.params import Params
 from icp_core.workspace import Workspace
 from tests.app.workspaces import synthetic_workspace
-from tests.conftest import TINY_PARAMS, run_duplicate_corpus, write_jsonl
+from tests.conftest import (
+    TINY_PARAMS,
+    run_duplicate_corpus,
+    seed_tiny_vectors,
+    tiny_rows,
+    write_jsonl,
+)
 
 
 def statuses(outcomes) -> dict[str, str]:
@@ -227,3 +233,25 @@ def test_a_skipped_pack_neither_loads_nor_hashes_its_tokenizer(tiny_workspace, t
     ranks_file.write_bytes(b"\n".join(lines[:1999]) + b"\n")  # same bytes, a new mtime
     os.utime(ranks_file, ns=(0, 10**18))
     assert pack_after_a_fresh_start() == ("skipped", 1)  # loaded to learn its key
+
+
+def test_label_fields_named_like_json_paths_are_plain_keys(tmp_path):
+    """A field called `topic.name` is that key, not `name` inside `topic`; a name with
+    brackets or quotes is a key too, and an absent one is a one-line error, not a bug."""
+    rows = [
+        {**row, "topic.name": row["label"], "topic": {"name": "decoy"}, 'say "x"[0]': row["label"]}
+        for row in tiny_rows()
+    ]
+    corpus = write_jsonl(tmp_path / "fields.jsonl", rows)
+    with Workspace(tmp_path / "w.duckdb") as ws:
+        pipeline.ingest(ws, [str(corpus)], TINY_PARAMS)
+        seed_tiny_vectors(ws)
+        pipeline.run(ws, TINY_PARAMS)
+        by_label = stages.compute_metrics(ws, TINY_PARAMS)["label_agreement"]
+        for field in ("topic.name", 'say "x"[0]'):
+            params = TINY_PARAMS.updated(label_field=field)
+            assert stages.compute_metrics(ws, params)["label_agreement"] == by_label, field
+            labels = explore.document_frame(ws, field)["label"]
+            assert set(labels) == {row["label"] for row in rows}, field
+        with pytest.raises(IcpError, match=r"--label-field \[: no document has that field"):
+            stages.compute_metrics(ws, TINY_PARAMS.updated(label_field="["))

@@ -10,6 +10,7 @@ import numpy as np
 
 from icp_core import metrics, pack
 from icp_core.errors import IcpError
+from icp_core.ingest import meta_field_path
 from icp_core.params import Params
 from icp_core.stages._report import Report, _noop
 from icp_core.stages.dedup import kept_documents
@@ -24,7 +25,7 @@ def resolve_label_field(ws: Workspace, label_field: str | None) -> str | None:
     if label_field:
         present = ws.scalar(
             "SELECT count(*) FROM documents WHERE json_extract_string(meta, ?) IS NOT NULL",
-            [f"$.{label_field}"],
+            [meta_field_path(label_field)],
         )
         if not present:
             raise IcpError(f"--label-field {label_field}: no document has that field")
@@ -41,7 +42,7 @@ def read_labels(ws: Workspace, label_field: str | None) -> np.ndarray | None:
     labels = (
         ws.arrow(
             "SELECT json_extract_string(meta, ?) AS label FROM documents ORDER BY doc",
-            [f"$.{label_field}"],
+            [meta_field_path(label_field)],
         )
         .column("label")
         .to_pylist()
