@@ -15,7 +15,6 @@ earlier row wins); the later rows become rejects with the local engine's reason
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ import pyarrow as pa
 import ray
 
 from icp_core import ingest
-from icp_core.distributed.ray_util import Report, fetch, ref_list
+from icp_core.distributed.ray_util import Report, fetch, ref_list, rows_by_group
 from icp_core.errors import IcpError
 from icp_core.params import Params
 
@@ -90,12 +89,8 @@ def _parse_task(
 def _split_hashes_task(id_hash: np.ndarray, n_buckets: int) -> Any:
     """One source's (hash, row) pairs split by hash into `n_buckets` (a pair of arrays each;
     the bare pair when n_buckets is 1)."""
-    bucket = id_hash % np.uint64(n_buckets)
-    by_bucket = np.argsort(bucket, kind="stable")
-    bounds = np.searchsorted(bucket[by_bucket], np.arange(n_buckets + 1))
-    parts = tuple(
-        (id_hash[by_bucket[lo:hi]], by_bucket[lo:hi]) for lo, hi in itertools.pairwise(bounds)
-    )
+    bucket = (id_hash % np.uint64(n_buckets)).astype(np.int64)
+    parts = tuple((id_hash[rows], rows) for rows in rows_by_group(bucket, n_buckets))
     return parts if n_buckets > 1 else parts[0]
 
 

@@ -31,7 +31,6 @@ same distribution.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -52,6 +51,7 @@ from icp_core.distributed.ray_util import (
     fetch,
     fixed_lists,
     ref_list,
+    rows_by_group,
     rows_for,
     to_array,
     to_matrix,
@@ -214,12 +214,10 @@ def _pack_task(
         }
     )
     group = partition.random_bucket(members, params.seed, n_buckets) % n_groups
-    by_group = np.argsort(group, kind="stable")
-    bounds = np.searchsorted(group[by_group], np.arange(n_groups + 1))
     return (
         rows,
         summary,
-        *[baseline.take(pa.array(by_group[lo:hi])) for lo, hi in itertools.pairwise(bounds)],
+        *[baseline.take(pa.array(picked)) for picked in rows_by_group(group, n_groups)],
     )
 
 

@@ -19,6 +19,7 @@ Granularity constants (each is a `RayOptions` field's default):
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -172,3 +173,14 @@ def rows_for(table: pa.Table, docs: np.ndarray) -> pa.Table:
     found = to_array(table, "doc")
     by_doc = np.argsort(found, kind="stable")
     return table.take(pa.array(by_doc[np.searchsorted(found[by_doc], docs)]))
+
+
+def rows_by_group(group: np.ndarray, n_groups: int) -> list[np.ndarray]:
+    """For each group 0..n_groups-1, the positions of its rows in `group`, in row order.
+
+    >>> [rows.tolist() for rows in rows_by_group(np.array([1, 0, 1, 2]), 4)]
+    [[1], [0, 2], [3], []]
+    """
+    order = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(n_groups + 1))
+    return [order[lo:hi] for lo, hi in itertools.pairwise(bounds)]
